@@ -1,0 +1,70 @@
+"""Regenerate the Python code for the .proto sources under protos/.
+
+Usage:
+    python scripts/gen_protos.py          # write the generated files
+    python scripts/gen_protos.py --check  # fail (exit 1) if they are stale
+
+Needs grpcio-tools (the ``dev`` extra), pinned so that the output is stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
+OUT = ROOT / "src"
+
+
+def generate(out_dir: Path) -> list[Path]:
+    from grpc_tools import protoc  # imported here: only this script needs it
+
+    sources = sorted(PROTOS.rglob("*.proto"))
+    if not sources:
+        raise SystemExit(f"gen_protos: no .proto files under {PROTOS}")
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *(str(s) for s in sources),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("gen_protos: protoc failed")
+    generated: list[Path] = []
+    for src in sources:
+        stem = src.relative_to(PROTOS).with_suffix("")
+        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+            generated.append(stem.parent / (stem.name + suffix))
+    return generated
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail on a diff instead of writing")
+    args = parser.parse_args()
+    if not args.check:
+        files = generate(OUT)
+        print(f"gen_protos: wrote {len(files)} files")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        files = generate(Path(tmp))
+        stale = [f for f in files if (Path(tmp) / f).read_bytes() != _read(OUT / f)]
+    if stale:
+        for f in stale:
+            print(f"gen_protos: {f} differs from protos/ (run scripts/gen_protos.py)", file=sys.stderr)
+        return 1
+    print(f"gen_protos: {len(files)} generated files are up to date")
+    return 0
+
+
+def _read(path: Path) -> bytes:
+    return path.read_bytes() if path.exists() else b""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Keep gRPC clients inside the request rate their API allows.
+
+A client interceptor for any ``grpc`` channel (``grpc_throttle.aio`` for
+``grpc.aio``) that paces calls with a shared token bucket, spots throttled
+answers, and retries them after a back-off.
+
+Example:
+    >>> import grpc, grpc_throttle
+    >>> bucket = grpc_throttle.TokenBucket(rate=15)
+    >>> interceptor = grpc_throttle.ThrottlingInterceptor(bucket)
+    >>> channel = grpc.intercept_channel(grpc.insecure_channel("localhost:50051"), interceptor)
+"""
+
+from __future__ import annotations
+
+from .buckets import Reservation, TokenBucket
+from .errors import BucketUnavailableError, ThrottleError
+from .interceptors import ThrottlingInterceptor
+from .policy import CONN_THROTTLED, ThrottlePolicy
+from .retry import RetryPolicy
+
+__all__ = [
+    "CONN_THROTTLED",
+    "BucketUnavailableError",
+    "Reservation",
+    "RetryPolicy",
+    "ThrottleError",
+    "ThrottlePolicy",
+    "ThrottlingInterceptor",
+    "TokenBucket",
+]
+
+__version__ = "0.1.0"

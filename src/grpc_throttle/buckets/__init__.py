@@ -1,0 +1,47 @@
+"""Token buckets: the token arithmetic, the local bucket and the Redis bucket.
+
+Every bucket hands out reservations: taking tokens never blocks, it says how
+long to wait. The interceptors do the waiting (a sleep in the caller's thread,
+or an ``await`` in its event loop), so one bucket serves both worlds.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol, runtime_checkable
+
+from .local import Reservation, TokenBucket
+
+__all__ = ["AsyncBucket", "Bucket", "BucketReservation", "Reservation", "TokenBucket"]
+
+
+class BucketReservation(Protocol):
+    """What a bucket's ``reserve`` hands back."""
+
+    #: Tokens held.
+    tokens: float
+    #: Seconds to wait before going ahead, from when the reservation was made.
+    delay: float
+
+    def cancel(self) -> None:
+        """Give the tokens back if the reservation is not due yet."""
+
+
+@runtime_checkable
+class Bucket(Protocol):
+    """A bucket whose ``reserve`` never blocks on I/O (usable from threads)."""
+
+    @property
+    def rate(self) -> float: ...
+
+    def reserve(self, tokens: float = 1, *, max_wait: float = math.inf) -> BucketReservation | None: ...
+
+
+@runtime_checkable
+class AsyncBucket(Protocol):
+    """A bucket whose ``reserve`` is a coroutine (e.g. one backed by Redis)."""
+
+    @property
+    def rate(self) -> float: ...
+
+    async def reserve(self, tokens: float = 1, *, max_wait: float = math.inf) -> BucketReservation | None: ...

@@ -1,0 +1,65 @@
+"""Pure token arithmetic, shared by every bucket.
+
+The bucket is kept as one number, the *theoretical arrival time* (``tat``) of
+the Generic Cell Rate Algorithm: the instant at which the bucket would be full
+again if nobody took another token. With an emission interval ``I = 1/rate``
+and a burst of ``capacity`` tokens, taking ``n`` tokens at ``now`` moves ``tat``
+to ``max(tat, now) + n*I`` and may go ahead at ``new_tat - capacity*I``.
+
+That is the classic token bucket (tokens refill at ``rate`` up to
+``capacity``) written so that a reservation is one comparison and one store,
+with no clock of its own and no I/O. The Redis bucket's Lua script does the
+same arithmetic on the server's clock.
+"""
+
+from __future__ import annotations
+
+#: Waits shorter than this are rounding noise and count as "no wait".
+EPSILON = 1e-9
+
+
+def reserve(
+    tat: float, now: float, interval: float, capacity: float, tokens: float, max_wait: float
+) -> tuple[float, float, float] | None:
+    """Take ``tokens`` from a bucket at ``now``.
+
+    Args:
+        tat: The bucket's theoretical arrival time.
+        now: The current time on the bucket's clock.
+        interval: Seconds per token (``1/rate``).
+        capacity: The bucket's size in tokens.
+        tokens: How many tokens to take.
+        max_wait: The longest wait the caller accepts, in seconds.
+
+    Returns:
+        ``(new_tat, start, wait)``: the bucket's new state, the point the
+        reservation started from (what a cancellation may roll back to) and how
+        long the caller must wait before going ahead; or ``None`` when the wait
+        would exceed ``max_wait``, in which case the bucket is unchanged.
+    """
+    start = tat if tat > now else now
+    new_tat = start + tokens * interval
+    wait = new_tat - capacity * interval - now
+    if wait <= EPSILON:
+        return new_tat, start, 0.0
+    if wait > max_wait:
+        return None
+    return new_tat, start, wait
+
+
+def rescale(tat: float, now: float, old_interval: float, new_interval: float) -> float:
+    """Carry a bucket's state over to a new rate, keeping its token level.
+
+    Tokens already owed (a ``tat`` in the future) are repaid at the new rate;
+    a bucket that is full (``tat <= now``) stays full.
+    """
+    if tat <= now:
+        return tat
+    return now + (tat - now) * new_interval / old_interval
+
+
+def level(tat: float, now: float, interval: float, capacity: float) -> float:
+    """Tokens available at ``now``; negative when reservations are queued."""
+    if tat <= now:
+        return capacity
+    return capacity - (tat - now) / interval

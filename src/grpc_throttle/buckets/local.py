@@ -1,0 +1,243 @@
+"""The in-process token bucket: one object shared by threads and event loops."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+from .. import _checks
+from . import _gcra
+
+__all__ = ["Reservation", "TokenBucket"]
+
+
+class Reservation:
+    """Tokens taken from a :class:`TokenBucket`, usable after :attr:`delay`.
+
+    The caller waits ``delay`` seconds (sleeping in its own thread, or awaiting
+    in its event loop), then goes ahead. A caller that gives up before then
+    calls :meth:`cancel` so that the tokens go back to the bucket.
+    """
+
+    __slots__ = ("_bucket", "_epoch", "_start", "_tat", "delay", "ready_at", "tokens")
+
+    def __init__(
+        self, bucket: TokenBucket, tokens: float, delay: float, ready_at: float, start: float, tat: float, epoch: int
+    ) -> None:
+        #: Tokens this reservation holds.
+        self.tokens = tokens
+        #: Seconds to wait, counted from the moment the reservation was made.
+        self.delay = delay
+        #: When the caller may go ahead, on the bucket's clock.
+        self.ready_at = ready_at
+        self._bucket = bucket
+        self._start = start
+        self._tat = tat
+        self._epoch = epoch
+
+    def cancel(self) -> None:
+        """Give the tokens back if the reservation is not due yet.
+
+        Safe to call more than once, and after the reservation became due (it
+        then does nothing: the caller may already have acted on it).
+        """
+        self._bucket._cancel(self)
+
+    def __repr__(self) -> str:
+        return f"<Reservation tokens={self.tokens:g} delay={self.delay:.6f}s>"
+
+
+class TokenBucket:
+    """A thread-safe token bucket that many interceptors, threads and loops share.
+
+    Tokens refill at ``rate`` per second up to ``capacity``. Taking tokens is a
+    reservation: a short update under a lock that says how long the caller must
+    wait, so waiters are served in the order they asked (FIFO) with no polling
+    and no thread per waiter.
+
+    Args:
+        rate: Tokens added per second: the request rate the API allows.
+        capacity: The most tokens the bucket holds, i.e. the largest burst it
+            lets through at once. Defaults to 1: calls are spread evenly at
+            ``rate``. A server's own burst allowance is rarely documented, and a
+            client burst larger than it is answered "throttled"; bursting saves
+            at most ``capacity / rate`` seconds once, so smooth pacing is the
+            setting that gets every call through with the fewest throttled
+            answers. Raise it when the server is known to accept bursts.
+        clock: Monotonic clock in seconds; injectable for tests.
+
+    Example:
+        >>> bucket = TokenBucket(rate=15)
+        >>> bucket.try_acquire()
+        True
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        capacity: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        rate = _checks.positive("rate", rate)
+        capacity = 1.0 if capacity is None else _checks.at_least("capacity", capacity, 1)
+        #: Lock guarding the state below; held only for arithmetic.
+        self._lock = threading.Lock()
+        #: Monotonic clock in seconds.
+        self._clock = clock
+        #: The configured rate, tokens per second.
+        self._rate = rate
+        #: The rate in force (lower than _rate while adapting to throttling).
+        self._effective_rate = rate
+        #: Seconds per token at the rate in force.
+        self._interval = 1.0 / rate
+        #: Most tokens held at once.
+        self._capacity = capacity
+        #: Theoretical arrival time (see _gcra): when the bucket is full again.
+        self._tat = -math.inf
+        #: Bumped on every rate change; older reservations can no longer cancel.
+        self._epoch = 0
+        #: Cancelled reservations not at the tail yet: their end tat -> their start.
+        self._holes: dict[float, float] = {}
+
+    # -- configuration ---------------------------------------------------
+
+    @property
+    def rate(self) -> float:
+        """The configured rate in tokens per second; assign to change it live."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        value = _checks.positive("rate", value)
+        with self._lock:
+            self._rate = value
+            self._set_effective_locked(value)
+
+    @property
+    def effective_rate(self) -> float:
+        """The rate in force now: the configured rate, or lower while adapting."""
+        return self._effective_rate
+
+    def set_effective_rate(self, value: float) -> None:
+        """Run at ``value`` tokens/s (at most the configured rate) until changed.
+
+        Used by rate adaptation; the configured :attr:`rate` is unchanged.
+        """
+        value = _checks.positive("effective rate", value)
+        with self._lock:
+            self._set_effective_locked(min(value, self._rate))
+
+    def _set_effective_locked(self, value: float) -> None:
+        new_interval = 1.0 / value
+        if new_interval != self._interval:
+            self._tat = _gcra.rescale(self._tat, self._clock(), self._interval, new_interval)
+            self._interval = new_interval
+            self._epoch += 1
+            self._holes.clear()
+        self._effective_rate = value
+
+    @property
+    def capacity(self) -> float:
+        """The most tokens the bucket holds (the largest burst)."""
+        return self._capacity
+
+    # -- taking tokens ---------------------------------------------------
+
+    def reserve(self, tokens: float = 1, *, max_wait: float = math.inf) -> Reservation | None:
+        """Reserve ``tokens`` without blocking.
+
+        Args:
+            tokens: How many tokens to take (the call's cost), at most
+                :attr:`capacity`.
+            max_wait: The longest wait the caller accepts, in seconds. When the
+                wait would be longer, nothing is taken and ``None`` returned.
+
+        Returns:
+            A :class:`Reservation` whose ``delay`` says how long to wait, or
+            ``None`` when that would exceed ``max_wait``.
+
+        Raises:
+            ValueError: ``tokens`` is not a number in (0, capacity].
+        """
+        if tokens != 1:
+            self._check_tokens(tokens)
+        with self._lock:
+            now = self._clock()
+            if self._holes and self._tat <= now:
+                self._holes.clear()
+            taken = _gcra.reserve(self._tat, now, self._interval, self._capacity, tokens, max_wait)
+            if taken is None:
+                return None
+            self._tat, start, wait = taken
+            return Reservation(self, tokens, wait, now + wait, start, self._tat, self._epoch)
+
+    def try_acquire(self, tokens: float = 1) -> bool:
+        """Take ``tokens`` if they are available right now; never waits."""
+        if tokens != 1:
+            self._check_tokens(tokens)
+        with self._lock:
+            now = self._clock()
+            tat = self._tat if self._tat > now else now
+            new_tat = tat + tokens * self._interval
+            if new_tat - self._capacity * self._interval - now > _gcra.EPSILON:
+                return False
+            self._tat = new_tat
+            return True
+
+    def acquire(self, tokens: float = 1, *, timeout: float | None = None) -> bool:
+        """Block the calling thread until ``tokens`` are taken.
+
+        For plain scripts; interceptors use :meth:`reserve`. Do not call this
+        from an event loop.
+
+        Returns:
+            True once the tokens are taken; False (nothing taken) when the wait
+            would be longer than ``timeout`` seconds.
+        """
+        max_wait = math.inf if timeout is None else _checks.non_negative("timeout", timeout)
+        reservation = self.reserve(tokens, max_wait=max_wait)
+        if reservation is None:
+            return False
+        if reservation.delay > 0:
+            time.sleep(reservation.delay)
+        return True
+
+    def available(self) -> float:
+        """Tokens that could be taken now without waiting (negative when queued)."""
+        with self._lock:
+            return _gcra.level(self._tat, self._clock(), self._interval, self._capacity)
+
+    def _check_tokens(self, tokens: float) -> None:
+        _checks.positive("tokens", tokens)
+        if tokens > self._capacity:
+            raise ValueError(
+                f"tokens must be <= capacity ({self._capacity:g}) or it could never be granted, "
+                f"got {tokens!r}"
+            )
+
+    def _cancel(self, reservation: Reservation) -> None:
+        # Only a reservation at the tail of the schedule can give its slot back
+        # without letting a later caller overtake one that is already queued;
+        # earlier ones are remembered and given back once the tail reaches them.
+        with self._lock:
+            if reservation._epoch != self._epoch:
+                return
+            reservation._epoch = -1  # a second cancel does nothing
+            end = reservation._tat
+            if reservation.ready_at <= self._clock():
+                return
+            if end != self._tat:
+                self._holes[end] = reservation._start
+                return
+            self._tat = reservation._start
+            while (start := self._holes.pop(self._tat, None)) is not None:
+                self._tat = start
+
+    def __repr__(self) -> str:
+        return (
+            f"<TokenBucket rate={self._effective_rate:g}/{self._rate:g}/s "
+            f"capacity={self._capacity:g} available={self.available():.2f}>"
+        )

@@ -1,0 +1,128 @@
+"""The throttle policy: which answers mean "slow down and try again".
+
+Clarifai (our reference API) does not throttle with a gRPC error: an over-limit
+call returns gRPC OK and a body whose ``status.code`` is 11005
+(CONN_THROTTLED). The default policy reads that field by attribute, so any
+message shaped like Clarifai's works without importing Clarifai. Other APIs
+plug in their own codes or a predicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+
+__all__ = ["CONN_THROTTLED", "ThrottlePolicy"]
+
+_log = logging.getLogger(__name__)
+
+#: Clarifai's status code for "Making too many requests".
+CONN_THROTTLED = 11005
+
+#: gRPC codes a user may opt into retrying; others never are, as retrying them
+#: could run a non-idempotent call twice after the server acted on it.
+_RETRYABLE_GRPC_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ThrottlePolicy:
+    """Classifies each answer as throttled (retry it) or final (hand it back).
+
+    Attributes:
+        status_codes: Values of the response body's ``status.code`` that mean
+            throttled. Default ``{11005}`` (Clarifai's CONN_THROTTLED).
+        grpc_codes: gRPC status codes to treat as throttled. Empty by default:
+            a gRPC error is handed back after one attempt, as without the
+            interceptor. Opt in with ``{grpc.StatusCode.RESOURCE_EXHAUSTED}`` or
+            ``UNAVAILABLE`` (only those two are accepted).
+        response_predicate: Replaces the ``status_codes`` check: called with
+            each response message, returns True when it is throttled.
+        error_predicate: Replaces the ``grpc_codes`` check: called with each
+            ``grpc.RpcError``, returns True when it is throttled (you take the
+            responsibility that the call is safe to repeat).
+
+    Example:
+        >>> import grpc
+        >>> ThrottlePolicy(grpc_codes={grpc.StatusCode.RESOURCE_EXHAUSTED})
+        ThrottlePolicy(status_codes={11005}, grpc_codes={RESOURCE_EXHAUSTED})
+    """
+
+    status_codes: frozenset[int] = frozenset({CONN_THROTTLED})
+    grpc_codes: frozenset[grpc.StatusCode] = frozenset()
+    response_predicate: Callable[[Any], bool] | None = None
+    error_predicate: Callable[[grpc.RpcError], bool] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status_codes", _int_set("status_codes", self.status_codes))
+        codes = _frozen("grpc_codes", self.grpc_codes)
+        for code in codes:
+            if code not in _RETRYABLE_GRPC_CODES:
+                raise ValueError(
+                    "grpc_codes may hold only grpc.StatusCode.UNAVAILABLE and "
+                    f"grpc.StatusCode.RESOURCE_EXHAUSTED, got {code!r}"
+                )
+        object.__setattr__(self, "grpc_codes", codes)
+        for name in ("response_predicate", "error_predicate"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                raise ValueError(f"{name} must be callable or None, got {value!r}")
+
+    def response_throttled(self, response: Any) -> bool:
+        """True when a successful gRPC answer's body says "throttled"."""
+        if self.response_predicate is not None:
+            return _ask(self.response_predicate, response, "response_predicate")
+        if not self.status_codes:
+            return False
+        status = getattr(response, "status", None)
+        code = getattr(status, "code", None)
+        return isinstance(code, int) and code in self.status_codes
+
+    def error_throttled(self, error: grpc.RpcError) -> bool:
+        """True when a gRPC error is one the user opted to retry."""
+        if self.error_predicate is not None:
+            return _ask(self.error_predicate, error, "error_predicate")
+        if not self.grpc_codes:
+            return False
+        code = getattr(error, "code", None)
+        try:
+            return callable(code) and code() in self.grpc_codes
+        except Exception:  # a broken error object is not a throttle signal
+            return False
+
+    def __repr__(self) -> str:
+        parts = [f"status_codes={set(sorted(self.status_codes))}" if self.status_codes else "status_codes=set()"]
+        if self.grpc_codes:
+            parts.append("grpc_codes={" + ", ".join(sorted(c.name for c in self.grpc_codes)) + "}")
+        if self.response_predicate is not None:
+            parts.append(f"response_predicate={self.response_predicate!r}")
+        if self.error_predicate is not None:
+            parts.append(f"error_predicate={self.error_predicate!r}")
+        return f"ThrottlePolicy({', '.join(parts)})"
+
+
+def _ask(predicate: Callable[[Any], bool], value: Any, name: str) -> bool:
+    # A predicate that crashes must not lose the call: the answer is handed
+    # back to the caller as final, and the bug is logged.
+    try:
+        return bool(predicate(value))
+    except Exception:
+        _log.exception("grpc-throttle: %s raised; treating the answer as final", name)
+        return False
+
+
+def _frozen(name: str, values: Iterable[Any]) -> frozenset[Any]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"{name} must be a set, got {values!r}")
+    return frozenset(values)
+
+
+def _int_set(name: str, values: Iterable[Any]) -> frozenset[int]:
+    result = _frozen(name, values)
+    for value in result:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must hold whole numbers, got {value!r}")
+    return result
