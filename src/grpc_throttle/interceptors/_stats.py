@@ -1,0 +1,52 @@
+"""Counters of what an interceptor did, and their immutable snapshot."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+__all__ = ["Stats", "StatsRecorder"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """A snapshot of an interceptor's counters since it was created."""
+
+    #: Logical calls started (each may make several attempts).
+    calls: int = 0
+    #: Attempts sent to the server, retries included.
+    attempts: int = 0
+    #: Answers classified as throttled.
+    throttled: int = 0
+    #: Attempts that were retries of a throttled answer.
+    retries: int = 0
+    #: Calls that ended throttled because attempts, budget or deadline ran out.
+    give_ups: int = 0
+    #: Calls failed before sending because the token wait exceeded the deadline.
+    deadline_rejections: int = 0
+    #: Calls cancelled by the caller before they finished.
+    cancelled: int = 0
+    #: Seconds spent waiting for tokens, summed over attempts.
+    token_wait_seconds: float = 0.0
+    #: Seconds spent backing off between attempts, summed over calls.
+    backoff_seconds: float = 0.0
+
+
+class StatsRecorder:
+    """Thread-safe counters behind :class:`Stats`."""
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, float] = dict.fromkeys(f.name for f in dataclasses.fields(Stats))
+        for name in self._counts:
+            self._counts[name] = 0
+
+    def add(self, name: str, amount: float = 1) -> None:
+        with self._lock:
+            self._counts[name] += amount
+
+    def snapshot(self) -> Stats:
+        with self._lock:
+            return Stats(**self._counts)  # type: ignore[arg-type]

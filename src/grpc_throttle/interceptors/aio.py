@@ -1,0 +1,221 @@
+"""The throttling client interceptor for ``grpc.aio`` channels.
+
+Same behaviour as :mod:`.sync`, with ``await asyncio.sleep`` for every wait.
+Cancelling the caller's task (or the call) cancels a pending token wait, which
+gives its tokens back, or a pending back-off, or the attempt in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import random as _random
+import time
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from ..buckets import AsyncBucket, BucketReservation, TokenBucket
+from ..policy import ThrottlePolicy
+from ..retry import RetryPolicy
+from ._attempts import CallState, Settings
+from ._call import deadline_error
+from ._stats import Stats
+from .sync import Cost, _check_type, check_cost
+
+__all__ = ["ThrottlingInterceptor"]
+
+
+class ThrottlingInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Paces ``grpc.aio`` calls with a shared bucket and retries throttled answers.
+
+    Takes the same arguments as :class:`grpc_throttle.ThrottlingInterceptor`.
+    ``bucket`` is a :class:`~grpc_throttle.TokenBucket` (the same object may
+    serve sync interceptors and several event loops at once) or an asynchronous
+    bucket such as :class:`grpc_throttle.aio.RedisTokenBucket`.
+
+    Example:
+        >>> import grpc.aio, grpc_throttle, grpc_throttle.aio
+        >>> bucket = grpc_throttle.TokenBucket(rate=15)
+        >>> interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket)
+        >>> # channel = grpc.aio.insecure_channel(target, interceptors=[interceptor])
+    """
+
+    def __init__(
+        self,
+        bucket: TokenBucket | AsyncBucket,
+        *,
+        retry: RetryPolicy | None = None,
+        throttle: ThrottlePolicy | None = None,
+        cost: Cost = 1,
+        clock: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        reserve = getattr(bucket, "reserve", None)
+        if not callable(reserve):
+            raise ValueError(f"bucket must be a token bucket with a reserve() method, got {bucket!r}")
+        self._async_bucket = inspect.iscoroutinefunction(reserve)
+        if not self._async_bucket and not isinstance(bucket, TokenBucket):
+            # A synchronous bucket that does I/O would block the event loop.
+            raise ValueError(
+                f"bucket {bucket!r} is synchronous and may block the event loop: use a "
+                "grpc_throttle.TokenBucket or an asynchronous bucket (grpc_throttle.aio.RedisTokenBucket)"
+            )
+        self._bucket = bucket
+        self._settings = Settings(
+            retry=_check_type("retry", retry, RetryPolicy),
+            throttle=_check_type("throttle", throttle, ThrottlePolicy),
+            cost=check_cost(cost),
+            clock=clock,
+            random=random,
+        )
+
+    @property
+    def bucket(self) -> TokenBucket | AsyncBucket:
+        """The bucket this interceptor draws tokens from."""
+        return self._bucket
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy in force."""
+        return self._settings.retry
+
+    @property
+    def throttle(self) -> ThrottlePolicy:
+        """The throttle classification in force."""
+        return self._settings.throttle
+
+    def stats(self) -> Stats:
+        """A snapshot of what this interceptor has done so far."""
+        return self._settings.stats.snapshot()
+
+    async def _take_token(self, state: CallState, tokens: float) -> bool:
+        """Wait for ``tokens``; False (nothing taken) if that would pass the deadline."""
+        max_wait = max(state.remaining(), 0.0)
+        reservation: BucketReservation | None
+        if self._async_bucket:
+            reservation = await self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[misc]
+        else:
+            reservation = self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[assignment]
+        if reservation is None:
+            return False
+        if reservation.delay > 0:
+            self._settings.stats.add("token_wait_seconds", reservation.delay)
+            try:
+                await asyncio.sleep(reservation.delay)
+            except asyncio.CancelledError:
+                reservation.cancel()
+                raise
+        return True
+
+    # -- unary-unary: paced, inspected, retried -----------------------------
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        settings = self._settings
+        stats = settings.stats
+        stats.add("calls")
+        tokens = settings.tokens_for(client_call_details.method, request)
+        state = CallState(settings, client_call_details.timeout)
+        throttled_call = None
+        while True:
+            remaining = state.remaining()
+            if not await self._take_token(state, tokens):
+                if throttled_call is not None:
+                    stats.add("give_ups")
+                    return throttled_call
+                stats.add("deadline_rejections")
+                raise _aio_error(deadline_error(None, remaining))
+            state.attempt += 1
+            stats.add("attempts")
+            if state.attempt > 1:
+                stats.add("retries")
+            details = client_call_details
+            if state.deadline is not None:
+                details = details._replace(timeout=state.attempt_timeout())
+            call = await continuation(details, request)
+            try:
+                response = await call
+            except grpc.aio.AioRpcError as error:
+                if not settings.throttle.error_throttled(error):
+                    return call
+            except asyncio.CancelledError:
+                call.cancel()
+                raise
+            else:
+                if not settings.throttle.response_throttled(response):
+                    return call
+            stats.add("throttled")
+            throttled_call = call
+            delay = state.backoff_before_retry()
+            if delay is None:
+                stats.add("give_ups")
+                return call
+            stats.add("backoff_seconds", delay)
+            await asyncio.sleep(delay)
+
+    # -- streaming: paced when they start, never retried ---------------------
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        details = await self._wait_to_start(client_call_details, request)
+        return await continuation(details, request)
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        details = await self._wait_to_start(client_call_details, None)
+        return await continuation(details, request_iterator)
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        details = await self._wait_to_start(client_call_details, None)
+        return await continuation(details, request_iterator)
+
+    async def _wait_to_start(self, details: grpc.aio.ClientCallDetails, request: Any) -> grpc.aio.ClientCallDetails:
+        settings = self._settings
+        settings.stats.add("calls")
+        state = CallState(settings, details.timeout)
+        remaining = state.remaining()
+        if not await self._take_token(state, settings.tokens_for(details.method, request)):
+            settings.stats.add("deadline_rejections")
+            raise _aio_error(deadline_error(None, remaining))
+        settings.stats.add("attempts")
+        return details if state.deadline is None else details._replace(timeout=state.attempt_timeout())
+
+    def __repr__(self) -> str:
+        return (
+            f"<aio.ThrottlingInterceptor bucket={self._bucket!r} retry={self.retry!r} throttle={self.throttle!r}>"
+        )
+
+
+def _aio_error(error: Any) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        error.code(),
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=error.details(),
+        debug_error_string=error.debug_error_string(),
+    )
