@@ -43,6 +43,8 @@ class Script:
         self.attempts: collections.Counter[str] = collections.Counter()
         #: (monotonic time, call id, attempt, metadata dict) per request received.
         self.log: list[tuple[float, str, int, dict[str, str]]] = []
+        #: The deadline each request arrived with (seconds left, None = none).
+        self.time_left: dict[tuple[str, int], float | None] = {}
         #: Requests the server answered successfully (not throttled, not failed).
         self.executed: collections.Counter[str] = collections.Counter()
 
@@ -54,14 +56,20 @@ class Script:
         with self.lock:
             return [entry[3] for entry in self.log if entry[1] == call_id]
 
-    def decide(self, text: str, metadata: Any) -> tuple[str, Any, int]:
+    def attempts_of(self, call_id: str) -> int:
+        with self.lock:
+            return self.attempts[call_id]
+
+    def decide(self, text: str, context: Any) -> tuple[str, Any, int]:
         """Returns (action, argument, attempt): action is ok/throttle/abort/sleep/pushback."""
         call_id, _, command = text.partition(":")
-        md = {k: v for k, v in (metadata or ()) if isinstance(v, str)}
+        md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        left = context.time_remaining()
         with self.lock:
             self.attempts[call_id] += 1
             attempt = self.attempts[call_id]
             self.log.append((time.monotonic(), call_id, attempt, md))
+            self.time_left[(call_id, attempt)] = left if left is not None and left < 1e6 else None
         name, _, arg = command.partition("=")
         if name == "throttle-always":
             return "throttle", None, attempt
@@ -95,7 +103,7 @@ class _SyncEcho(echo_pb2_grpc.EchoServicer):
         self.script = script
 
     def Unary(self, request: Any, context: grpc.ServicerContext) -> Any:
-        action, arg, attempt = self.script.decide(request.text, context.invocation_metadata())
+        action, arg, attempt = self.script.decide(request.text, context)
         if action == "abort":
             context.abort(arg, f"scripted {arg.name}")
         if action == "pushback":
@@ -106,18 +114,18 @@ class _SyncEcho(echo_pb2_grpc.EchoServicer):
         return self.script.answer(request.text, attempt, action == "throttle")
 
     def ServerStream(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        _, _, attempt = self.script.decide(request.text, context.invocation_metadata())
+        _, _, attempt = self.script.decide(request.text, context)
         for _ in range(max(request.repeat, 1)):
             yield self.script.answer(request.text, attempt, False)
 
     def ClientStream(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         texts = [r.text for r in request_iterator]
-        _, _, attempt = self.script.decide(texts[0] if texts else "empty:ok", context.invocation_metadata())
+        _, _, attempt = self.script.decide(texts[0] if texts else "empty:ok", context)
         return self.script.answer("|".join(texts), attempt, False)
 
     def BidiStream(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         for request in request_iterator:
-            _, _, attempt = self.script.decide(request.text, context.invocation_metadata())
+            _, _, attempt = self.script.decide(request.text, context)
             yield self.script.answer(request.text, attempt, False)
 
 
@@ -144,7 +152,7 @@ class _AioEcho(echo_pb2_grpc.EchoServicer):
         self.script = script
 
     async def Unary(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        action, arg, attempt = self.script.decide(request.text, context.invocation_metadata())
+        action, arg, attempt = self.script.decide(request.text, context)
         if action == "abort":
             await context.abort(arg, f"scripted {arg.name}")
         if action == "pushback":
@@ -155,18 +163,18 @@ class _AioEcho(echo_pb2_grpc.EchoServicer):
         return self.script.answer(request.text, attempt, action == "throttle")
 
     async def ServerStream(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        _, _, attempt = self.script.decide(request.text, context.invocation_metadata())
+        _, _, attempt = self.script.decide(request.text, context)
         for _ in range(max(request.repeat, 1)):
             yield self.script.answer(request.text, attempt, False)
 
     async def ClientStream(self, request_iterator: AsyncIterator[Any], context: Any) -> Any:
         texts = [r.text async for r in request_iterator]
-        _, _, attempt = self.script.decide(texts[0] if texts else "empty:ok", context.invocation_metadata())
+        _, _, attempt = self.script.decide(texts[0] if texts else "empty:ok", context)
         return self.script.answer("|".join(texts), attempt, False)
 
     async def BidiStream(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         async for request in request_iterator:
-            _, _, attempt = self.script.decide(request.text, context.invocation_metadata())
+            _, _, attempt = self.script.decide(request.text, context)
             yield self.script.answer(request.text, attempt, False)
 
 

@@ -1,0 +1,224 @@
+"""TokenBucket on a virtual clock: the token arithmetic, exactly."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+from clock import VirtualClock
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from grpc_throttle import TokenBucket
+
+
+def make(rate: float = 10, capacity: float | None = None) -> tuple[TokenBucket, VirtualClock]:
+    clock = VirtualClock()
+    return TokenBucket(rate=rate, capacity=capacity, clock=clock), clock
+
+
+def test_default_capacity_is_one_token_so_calls_are_spread_evenly() -> None:
+    bucket, _ = make(rate=10)
+    assert bucket.capacity == 1
+    delays = [bucket.reserve().delay for _ in range(4)]  # type: ignore[union-attr]
+    assert delays == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_burst_up_to_capacity_then_one_token_per_interval() -> None:
+    bucket, clock = make(rate=4, capacity=3)
+    assert [bucket.try_acquire() for _ in range(4)] == [True, True, True, False]
+    clock.advance(0.25)
+    assert bucket.try_acquire()
+    assert not bucket.try_acquire()
+    clock.advance(10)
+    assert bucket.available() == pytest.approx(3)  # never above capacity
+
+
+def test_reservations_are_fifo_and_never_block() -> None:
+    bucket, _ = make(rate=2)
+    reservations = [bucket.reserve() for _ in range(5)]
+    ready = [r.ready_at for r in reservations]  # type: ignore[union-attr]
+    assert ready == sorted(ready)
+    assert ready[-1] - ready[0] == pytest.approx(2.0)
+
+
+def test_a_wait_longer_than_max_wait_takes_nothing() -> None:
+    bucket, _ = make(rate=1)
+    assert bucket.reserve(max_wait=0) is not None
+    assert bucket.reserve(max_wait=0.5) is None
+    level = bucket.available()
+    assert bucket.reserve(max_wait=0.99) is None
+    assert bucket.available() == level
+    assert bucket.reserve(max_wait=1.0) is not None
+
+
+def test_cancelling_the_last_reservation_gives_its_tokens_back() -> None:
+    bucket, _ = make(rate=1)
+    bucket.reserve()
+    queued = bucket.reserve()
+    assert queued is not None and queued.delay == pytest.approx(1)
+    queued.cancel()
+    queued.cancel()  # idempotent
+    again = bucket.reserve()
+    assert again is not None and again.delay == pytest.approx(1)
+
+
+def test_cancelling_out_of_order_returns_tokens_once_the_tail_is_cancelled() -> None:
+    bucket, _ = make(rate=1)
+    bucket.reserve()
+    waiting = [bucket.reserve() for _ in range(5)]
+    for reservation in waiting:  # oldest first: each leaves a hole until the tail goes
+        reservation.cancel()  # type: ignore[union-attr]
+    nxt = bucket.reserve()
+    assert nxt is not None and nxt.delay == pytest.approx(1)
+
+
+def test_cancelling_a_middle_reservation_does_not_let_a_newcomer_overtake() -> None:
+    bucket, _ = make(rate=1)
+    bucket.reserve()
+    middle = bucket.reserve()
+    last = bucket.reserve()
+    middle.cancel()  # type: ignore[union-attr]
+    newcomer = bucket.reserve()
+    assert newcomer.ready_at > last.ready_at  # type: ignore[union-attr]
+
+
+def test_cancel_after_the_reservation_came_due_changes_nothing() -> None:
+    bucket, clock = make(rate=1)
+    bucket.reserve()
+    second = bucket.reserve()
+    clock.advance(1.5)
+    second.cancel()  # type: ignore[union-attr]
+    assert bucket.available() == pytest.approx(0.5)
+
+
+def test_rate_can_change_live_and_owed_tokens_are_repaid_at_the_new_rate() -> None:
+    bucket, _ = make(rate=1)
+    bucket.reserve()
+    bucket.reserve()  # one token owed: due in 1 s at rate 1
+    bucket.rate = 10
+    assert bucket.rate == 10
+    nxt = bucket.reserve()
+    assert nxt is not None and nxt.delay == pytest.approx(0.2)
+
+
+def test_effective_rate_never_exceeds_the_configured_rate() -> None:
+    bucket, _ = make(rate=10)
+    bucket.set_effective_rate(4)
+    assert bucket.effective_rate == 4 and bucket.rate == 10
+    bucket.set_effective_rate(50)
+    assert bucket.effective_rate == 10
+
+
+def test_cost_per_call_takes_several_tokens() -> None:
+    bucket, _ = make(rate=10, capacity=5)
+    assert bucket.try_acquire(5)
+    reservation = bucket.reserve(3)
+    assert reservation is not None and reservation.delay == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"rate": 0}, "rate"),
+        ({"rate": -1}, "rate"),
+        ({"rate": math.nan}, "rate"),
+        ({"rate": math.inf}, "rate"),
+        ({"rate": "15"}, "rate"),
+        ({"rate": True}, "rate"),
+        ({"rate": 1, "capacity": 0.5}, "capacity"),
+        ({"rate": 1, "capacity": math.nan}, "capacity"),
+        ({"rate": 1, "capacity": math.inf}, "capacity"),
+    ],
+)
+def test_bad_configuration_names_the_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        TokenBucket(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_token_counts_and_rates_are_rejected() -> None:
+    bucket, _ = make(rate=1, capacity=2)
+    with pytest.raises(ValueError, match="tokens"):
+        bucket.reserve(3)
+    with pytest.raises(ValueError, match="tokens"):
+        bucket.try_acquire(0)
+    with pytest.raises(ValueError, match="rate"):
+        bucket.rate = math.nan
+    with pytest.raises(ValueError, match="timeout"):
+        bucket.acquire(timeout=-1)
+
+
+def test_repr_shows_live_state() -> None:
+    bucket, _ = make(rate=15, capacity=3)
+    assert repr(bucket) == "<TokenBucket rate=15/15/s capacity=3 available=3.00>"
+
+
+# -- the defining property -----------------------------------------------------
+
+operations = st.lists(
+    st.tuples(
+        st.floats(min_value=0, max_value=0.5),  # time to advance first
+        st.sampled_from([1, 1, 1, 2]),  # tokens
+        st.booleans(),  # cancel a random earlier waiter afterwards?
+        st.integers(min_value=0, max_value=50),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rate=st.floats(min_value=0.5, max_value=50),
+    capacity=st.integers(min_value=2, max_value=6),
+    ops=operations,
+)
+def test_no_window_ever_admits_more_than_capacity_plus_rate_times_its_length(
+    rate: float, capacity: int, ops: list[tuple[float, int, bool, int]]
+) -> None:
+    bucket, clock = make(rate=rate, capacity=capacity)
+    live: list[tuple[float, float, object]] = []  # (ready_at, tokens, reservation)
+    for advance, tokens, cancel, pick in ops:
+        clock.advance(advance)
+        reservation = bucket.reserve(tokens)
+        assert reservation is not None
+        live.append((reservation.ready_at, tokens, reservation))
+        if cancel:
+            target = live[pick % len(live)]
+            if target[0] > clock.now:  # still waiting: it never goes ahead
+                target[2].cancel()  # type: ignore[attr-defined]
+                live.remove(target)
+    admitted = sorted((ready, tokens) for ready, tokens, _ in live)
+    for i, (start, _) in enumerate(admitted):
+        total = 0.0
+        for end, tokens in admitted[i:]:
+            total += tokens
+            assert total <= capacity + rate * (end - start) + 1e-6
+
+
+def test_many_threads_share_one_bucket_without_losing_or_inventing_tokens() -> None:
+    bucket = TokenBucket(rate=1000, capacity=1)
+    ready: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(250):
+            reservation = bucket.reserve()
+            assert reservation is not None
+            with lock:
+                ready.append(reservation.ready_at)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ready.sort()
+    assert len(ready) == 2000
+    # The schedule of 2000 tokens at 1000/s spans 1.999 s, whatever the interleaving.
+    assert ready[-1] - ready[0] == pytest.approx(1.999, abs=0.05 + (time.monotonic() - started))
+    gaps = [b - a for a, b in zip(ready, ready[1:])]
+    assert min(gaps) >= 0.001 - 1e-9
