@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from scripted import EchoServer  # noqa: E402
+from scripted import EchoServer
 
 
 @pytest.fixture

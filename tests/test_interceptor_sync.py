@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -27,7 +28,9 @@ def make_stub(echo_server: EchoServer) -> Iterator[Any]:
     channels: list[grpc.Channel] = []
 
     def make(
-        bucket: TokenBucket | None = None, retry: RetryPolicy = FAST_RETRY, throttle: ThrottlePolicy = ECHO_POLICY,
+        bucket: TokenBucket | None = None,
+        retry: RetryPolicy = FAST_RETRY,
+        throttle: ThrottlePolicy = ECHO_POLICY,
         **kwargs: Any,
     ) -> tuple[echo_pb2_grpc.EchoStub, ThrottlingInterceptor]:
         interceptor = ThrottlingInterceptor(bucket or TokenBucket(rate=1000), retry=retry, throttle=throttle, **kwargs)
@@ -274,7 +277,7 @@ def test_every_attempt_takes_a_token(make_stub: Any, echo_server: EchoServer) ->
     stub.Unary(request("a:throttle=3"))
     arrivals = echo_server.script.arrivals()
     assert len(arrivals) == 4
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert min(gaps) > 0.15  # 0.2 s apart at 5 tokens/s, with slack for a noisy machine
 
 

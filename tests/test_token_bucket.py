@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
@@ -220,5 +221,5 @@ def test_many_threads_share_one_bucket_without_losing_or_inventing_tokens() -> N
     assert len(ready) == 2000
     # The schedule of 2000 tokens at 1000/s spans 1.999 s, whatever the interleaving.
     assert ready[-1] - ready[0] == pytest.approx(1.999, abs=0.05 + (time.monotonic() - started))
-    gaps = [b - a for a, b in zip(ready, ready[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(ready)]
     assert min(gaps) >= 0.001 - 1e-9

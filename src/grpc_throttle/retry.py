@@ -55,8 +55,7 @@ class RetryPolicy:
             raise ValueError(f"jitter must be True or False, got {self.jitter!r}")
         if self.max_backoff < self.initial_backoff:
             raise ValueError(
-                f"max_backoff must be >= initial_backoff ({self.initial_backoff!r}), "
-                f"got {self.max_backoff!r}"
+                f"max_backoff must be >= initial_backoff ({self.initial_backoff!r}), got {self.max_backoff!r}"
             )
 
     def backoff(self, retry: int, random: Callable[[], float] = random.random) -> float:

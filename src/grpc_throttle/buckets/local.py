@@ -214,8 +214,7 @@ class TokenBucket:
         _checks.positive("tokens", tokens)
         if tokens > self._capacity:
             raise ValueError(
-                f"tokens must be <= capacity ({self._capacity:g}) or it could never be granted, "
-                f"got {tokens!r}"
+                f"tokens must be <= capacity ({self._capacity:g}) or it could never be granted, got {tokens!r}"
             )
 
     def _cancel(self, reservation: Reservation) -> None:

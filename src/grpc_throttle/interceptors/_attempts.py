@@ -22,7 +22,7 @@ __all__ = ["CallDetails", "CallState", "Settings"]
 
 
 class CallDetails(
-    collections.namedtuple(  # noqa: PYI024 - grpc's own details are a namedtuple too
+    collections.namedtuple(
         "CallDetails",
         ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
     ),

@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 
 from ..buckets import Bucket, BucketReservation
-from . import _timers
+from . import _bases, _timers
 from ._attempts import CallDetails, CallState, Settings
 from ._local_error import LocalRpcError
 
@@ -44,7 +44,7 @@ def deadline_error(wait: float | None, remaining: float) -> LocalRpcError:
     )
 
 
-class ThrottledCall(grpc.Call, grpc.Future):  # type: ignore[misc]
+class ThrottledCall(grpc.Call, _bases.Future):
     """One logical unary call: all its attempts, as a single Call and Future."""
 
     def __init__(
@@ -284,7 +284,7 @@ class ThrottledCall(grpc.Call, grpc.Future):  # type: ignore[misc]
             raise self._error
         return self._response
 
-    def exception(self, timeout: float | None = None) -> BaseException | None:
+    def exception(self, timeout: float | None = None) -> BaseException | None:  # type: ignore[override]
         self._wait(timeout)
         if self._cancelled:
             raise grpc.FutureCancelledError()
@@ -349,7 +349,7 @@ class ThrottledCall(grpc.Call, grpc.Future):  # type: ignore[misc]
         error = self._error
         return error.code() if isinstance(error, LocalRpcError) else grpc.StatusCode.UNKNOWN
 
-    def details(self) -> str | None:
+    def details(self) -> str | None:  # type: ignore[override]  # None before any attempt, like grpc
         if self._cancelled:
             return "Cancelled by the caller"
         if self._inner is not None:
@@ -359,7 +359,7 @@ class ThrottledCall(grpc.Call, grpc.Future):  # type: ignore[misc]
     def is_active(self) -> bool:
         return not self._done
 
-    def time_remaining(self) -> float | None:
+    def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline, like grpc
         remaining = self._state.remaining()
         return None if remaining == float("inf") else max(0.0, remaining)
 

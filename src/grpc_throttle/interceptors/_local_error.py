@@ -7,10 +7,12 @@ from typing import Any, NoReturn
 
 import grpc
 
+from . import _bases
+
 __all__ = ["LocalRpcError"]
 
 
-class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc]
+class LocalRpcError(grpc.RpcError, grpc.Call, _bases.Future):
     """A finished call that never reached the server (like grpc's own errors).
 
     It is an ``RpcError`` and, like the errors grpc raises for blocking calls,
@@ -41,7 +43,7 @@ class LocalRpcError(grpc.RpcError, grpc.Call, grpc.Future):  # type: ignore[misc
     def is_active(self) -> bool:
         return False
 
-    def time_remaining(self) -> None:
+    def time_remaining(self) -> None:  # type: ignore[override]  # grpc's own errors return None too
         return None
 
     def add_callback(self, callback: Callable[[], None]) -> bool:

@@ -39,9 +39,7 @@ class StatsRecorder:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, float] = dict.fromkeys(f.name for f in dataclasses.fields(Stats))
-        for name in self._counts:
-            self._counts[name] = 0
+        self._counts: dict[str, float] = {f.name: 0 for f in dataclasses.fields(Stats)}
 
     def add(self, name: str, amount: float = 1) -> None:
         with self._lock:

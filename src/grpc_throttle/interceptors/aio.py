@@ -20,6 +20,7 @@ import grpc.aio
 from ..buckets import AsyncBucket, BucketReservation, TokenBucket
 from ..policy import ThrottlePolicy
 from ..retry import RetryPolicy
+from . import _bases
 from ._attempts import CallState, Settings
 from ._call import deadline_error
 from ._stats import Stats
@@ -28,12 +29,7 @@ from .sync import Cost, _check_type, check_cost
 __all__ = ["ThrottlingInterceptor"]
 
 
-class ThrottlingInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class ThrottlingInterceptor(_bases.AioUnaryUnary):
     """Paces ``grpc.aio`` calls with a shared bucket and retries throttled answers.
 
     Takes the same arguments as :class:`grpc_throttle.ThrottlingInterceptor`.
@@ -41,11 +37,18 @@ class ThrottlingInterceptor(
     serve sync interceptors and several event loops at once) or an asynchronous
     bucket such as :class:`grpc_throttle.aio.RedisTokenBucket`.
 
+    ``grpc.aio`` registers an interceptor object for one call kind only (the
+    first it implements; grpc/grpc#40946), so this object intercepts
+    unary-unary calls. To pace streaming calls too, give the channel
+    :meth:`for_channel`, which adds one small interceptor per streaming kind
+    sharing this one's bucket, settings and counters.
+
     Example:
         >>> import grpc.aio, grpc_throttle, grpc_throttle.aio
         >>> bucket = grpc_throttle.TokenBucket(rate=15)
         >>> interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket)
-        >>> # channel = grpc.aio.insecure_channel(target, interceptors=[interceptor])
+        >>> # unary calls only:  interceptors=[interceptor]
+        >>> # every call kind:   interceptors=interceptor.for_channel()
     """
 
     def __init__(
@@ -96,6 +99,10 @@ class ThrottlingInterceptor(
         """A snapshot of what this interceptor has done so far."""
         return self._settings.stats.snapshot()
 
+    def for_channel(self) -> list[Any]:
+        """This interceptor plus one per streaming call kind, for ``interceptors=``."""
+        return [self, _UnaryStream(self), _StreamUnary(self), _StreamStream(self)]
+
     async def _take_token(self, state: CallState, tokens: float) -> bool:
         """Wait for ``tokens``; False (nothing taken) if that would pass the deadline."""
         max_wait = max(state.remaining(), 0.0)
@@ -143,7 +150,7 @@ class ThrottlingInterceptor(
                 stats.add("retries")
             details = client_call_details
             if state.deadline is not None:
-                details = details._replace(timeout=state.attempt_timeout())
+                details = _with_timeout(details, state.attempt_timeout())
             call = await continuation(details, request)
             try:
                 response = await call
@@ -167,33 +174,6 @@ class ThrottlingInterceptor(
 
     # -- streaming: paced when they start, never retried ---------------------
 
-    async def intercept_unary_stream(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        details = await self._wait_to_start(client_call_details, request)
-        return await continuation(details, request)
-
-    async def intercept_stream_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[Any] | Iterable[Any],
-    ) -> Any:
-        details = await self._wait_to_start(client_call_details, None)
-        return await continuation(details, request_iterator)
-
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[Any] | Iterable[Any],
-    ) -> Any:
-        details = await self._wait_to_start(client_call_details, None)
-        return await continuation(details, request_iterator)
-
     async def _wait_to_start(self, details: grpc.aio.ClientCallDetails, request: Any) -> grpc.aio.ClientCallDetails:
         settings = self._settings
         settings.stats.add("calls")
@@ -203,12 +183,58 @@ class ThrottlingInterceptor(
             settings.stats.add("deadline_rejections")
             raise _aio_error(deadline_error(None, remaining))
         settings.stats.add("attempts")
-        return details if state.deadline is None else details._replace(timeout=state.attempt_timeout())
+        return details if state.deadline is None else _with_timeout(details, state.attempt_timeout())
 
     def __repr__(self) -> str:
-        return (
-            f"<aio.ThrottlingInterceptor bucket={self._bucket!r} retry={self.retry!r} throttle={self.throttle!r}>"
-        )
+        return f"<aio.ThrottlingInterceptor bucket={self._bucket!r} retry={self.retry!r} throttle={self.throttle!r}>"
+
+
+class _UnaryStream(_bases.AioUnaryStream):
+    def __init__(self, parent: ThrottlingInterceptor) -> None:
+        self._parent = parent
+
+    async def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        details = await self._parent._wait_to_start(client_call_details, request)
+        return await continuation(details, request)
+
+
+class _StreamUnary(_bases.AioStreamUnary):
+    def __init__(self, parent: ThrottlingInterceptor) -> None:
+        self._parent = parent
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        details = await self._parent._wait_to_start(client_call_details, None)
+        return await continuation(details, request_iterator)
+
+
+class _StreamStream(_bases.AioStreamStream):
+    def __init__(self, parent: ThrottlingInterceptor) -> None:
+        self._parent = parent
+
+    async def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: AsyncIterable[Any] | Iterable[Any],
+    ) -> Any:
+        details = await self._parent._wait_to_start(client_call_details, None)
+        return await continuation(details, request_iterator)
+
+
+def _with_timeout(details: grpc.aio.ClientCallDetails, timeout: float | None) -> grpc.aio.ClientCallDetails:
+    return grpc.aio.ClientCallDetails(
+        details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
+    )
 
 
 def _aio_error(error: Any) -> grpc.aio.AioRpcError:

@@ -15,6 +15,7 @@ from .. import _checks
 from ..buckets import Bucket
 from ..policy import ThrottlePolicy
 from ..retry import RetryPolicy
+from . import _bases
 from ._attempts import Settings, copy_details
 from ._call import ThrottledCall, deadline_error
 from ._stats import Stats
@@ -24,12 +25,7 @@ __all__ = ["ThrottlingInterceptor"]
 Cost = float | Callable[[str, Any], float]
 
 
-class ThrottlingInterceptor(
-    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
+class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.StreamUnary, _bases.StreamStream):
     """Paces calls with a shared bucket and retries throttled answers.
 
     Every attempt (retries included) takes tokens from ``bucket`` first. Unary
@@ -70,9 +66,7 @@ class ThrottlingInterceptor(
         if not callable(reserve):
             raise ValueError(f"bucket must be a token bucket with a reserve() method, got {bucket!r}")
         if inspect.iscoroutinefunction(reserve):
-            raise ValueError(
-                f"bucket {bucket!r} is asynchronous: use it with grpc_throttle.aio.ThrottlingInterceptor"
-            )
+            raise ValueError(f"bucket {bucket!r} is asynchronous: use it with grpc_throttle.aio.ThrottlingInterceptor")
         self._bucket = bucket
         self._settings = Settings(
             retry=_check_type("retry", retry, RetryPolicy),
@@ -108,7 +102,7 @@ class ThrottlingInterceptor(
         continuation: Callable[[grpc.ClientCallDetails, Any], Any],
         client_call_details: grpc.ClientCallDetails,
         request: Any,
-    ) -> ThrottledCall:
+    ) -> Any:  # a ThrottledCall: a grpc.Call and grpc.Future
         details = copy_details(client_call_details)
         tokens = self._settings.tokens_for(details.method, request)
         return ThrottledCall(self._settings, self._bucket, continuation, details, request, tokens).start()
