@@ -13,7 +13,7 @@ import grpc
 import pytest
 from scripted import ECHO_POLICY, SLOW_DOWN, EchoServer
 
-from grpc_throttle import RetryPolicy, ThrottlePolicy, ThrottlingInterceptor, TokenBucket
+from grpc_throttle import RetryPolicy, ThrottledChannel, ThrottlePolicy, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
 
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
@@ -23,8 +23,20 @@ def request(text: str) -> echo_pb2.EchoRequest:
     return echo_pb2.EchoRequest(text=text)
 
 
+def wrap(kind: str, channel: grpc.Channel, interceptor: ThrottlingInterceptor) -> grpc.Channel:
+    if kind == "intercept_channel":
+        return grpc.intercept_channel(channel, interceptor)
+    return ThrottledChannel(channel, interceptor)
+
+
+@pytest.fixture(params=["intercept_channel", "ThrottledChannel"])
+def channel_kind(request: pytest.FixtureRequest) -> str:
+    """Every behaviour holds both through grpc's plumbing and our faster channel."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-def make_stub(echo_server: EchoServer) -> Iterator[Any]:
+def make_stub(echo_server: EchoServer, channel_kind: str) -> Iterator[Any]:
     channels: list[grpc.Channel] = []
 
     def make(
@@ -34,7 +46,7 @@ def make_stub(echo_server: EchoServer) -> Iterator[Any]:
         **kwargs: Any,
     ) -> tuple[echo_pb2_grpc.EchoStub, ThrottlingInterceptor]:
         interceptor = ThrottlingInterceptor(bucket or TokenBucket(rate=1000), retry=retry, throttle=throttle, **kwargs)
-        channel = grpc.intercept_channel(grpc.insecure_channel(echo_server.target), interceptor)
+        channel = wrap(channel_kind, grpc.insecure_channel(echo_server.target), interceptor)
         channels.append(channel)
         return echo_pb2_grpc.EchoStub(channel), interceptor
 
@@ -314,11 +326,11 @@ def test_a_streaming_call_whose_token_is_beyond_its_deadline_fails(make_stub: An
 # -- sharing -------------------------------------------------------------------------
 
 
-def test_two_channels_share_one_bucket_and_its_combined_rate(echo_server: EchoServer) -> None:
+def test_two_channels_share_one_bucket_and_its_combined_rate(echo_server: EchoServer, channel_kind: str) -> None:
     bucket = TokenBucket(rate=20)
     stubs = []
     for _ in range(2):
-        channel = grpc.intercept_channel(grpc.insecure_channel(echo_server.target), ThrottlingInterceptor(bucket))
+        channel = wrap(channel_kind, grpc.insecure_channel(echo_server.target), ThrottlingInterceptor(bucket))
         stubs.append(echo_pb2_grpc.EchoStub(channel))
     futures = [stubs[i % 2].Unary.future(request(f"c{i}:ok")) for i in range(30)]
     for future in futures:
@@ -355,7 +367,7 @@ def test_many_threads_hold_the_combined_rate_without_deadlock(make_stub: Any, ec
 # -- gRPC's own retries must not multiply attempts behind our back --------------------
 
 
-def test_service_config_retries_are_documented_to_be_disabled(echo_server: EchoServer) -> None:
+def test_service_config_retries_are_documented_to_be_disabled(echo_server: EchoServer, channel_kind: str) -> None:
     # With grpc's own retryPolicy on, one attempt of ours can hit the server
     # several times. The channel helpers turn it off; this shows why.
     config = json.dumps(
@@ -377,8 +389,9 @@ def test_service_config_retries_are_documented_to_be_disabled(echo_server: EchoS
     interceptor = ThrottlingInterceptor(TokenBucket(rate=1000), retry=FAST_RETRY)
     for enable, expected in ((1, 3), (0, 1)):
         options = [("grpc.service_config", config), ("grpc.enable_retries", enable)]
-        channel = grpc.intercept_channel(grpc.insecure_channel(echo_server.target, options=options), interceptor)
+        channel = wrap(channel_kind, grpc.insecure_channel(echo_server.target, options=options), interceptor)
         with pytest.raises(grpc.RpcError):
             echo_pb2_grpc.EchoStub(channel).Unary(request(f"r{enable}:abort=UNAVAILABLE"))
         assert echo_server.script.attempts_of(f"r{enable}") == expected
+        echo_server.script.attempts.clear()
         channel.close()

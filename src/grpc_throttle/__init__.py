@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from .buckets import Reservation, TokenBucket
 from .errors import BucketUnavailableError, ThrottleError
-from .interceptors import ThrottlingInterceptor
+from .interceptors import Stats, ThrottledChannel, ThrottlingInterceptor
 from .policy import CONN_THROTTLED, ThrottlePolicy
 from .retry import RetryPolicy
 
@@ -24,8 +24,10 @@ __all__ = [
     "BucketUnavailableError",
     "Reservation",
     "RetryPolicy",
+    "Stats",
     "ThrottleError",
     "ThrottlePolicy",
+    "ThrottledChannel",
     "ThrottlingInterceptor",
     "TokenBucket",
 ]

@@ -7,6 +7,7 @@ Both share the per-call retry state (``_attempts``) and the counters
 from __future__ import annotations
 
 from ._stats import Stats
+from .channel import ThrottledChannel
 from .sync import ThrottlingInterceptor
 
-__all__ = ["Stats", "ThrottlingInterceptor"]
+__all__ = ["Stats", "ThrottledChannel", "ThrottlingInterceptor"]

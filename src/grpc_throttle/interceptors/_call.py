@@ -91,13 +91,31 @@ class ThrottledCall(grpc.Call, _bases.Future):
         self._acquire()
         return self
 
-    def _acquire(self) -> None:
+    def resume(self, reservation: BucketReservation | None, first_outcome: Any = None) -> ThrottledCall:
+        """Take over a call that a faster path began (see ``channel.py``).
+
+        Args:
+            reservation: The first attempt's reservation, when it must still be
+                waited out.
+            first_outcome: The first attempt's finished outcome, when it was
+                sent already and came back throttled.
+        """
+        if first_outcome is not None:  # counted as a call and an attempt already
+            self._state.attempt = 1
+            self._on_attempt_done(first_outcome)
+        else:
+            self._settings.stats.add("calls")
+            self._acquire(reservation)
+        return self
+
+    def _acquire(self, reservation: BucketReservation | None = None) -> None:
         remaining = self._state.remaining()
-        try:
-            reservation = self._bucket.reserve(self._tokens, max_wait=max(remaining, 0.0))
-        except Exception as error:  # e.g. BucketUnavailableError under on_failure="fail"
-            self._finish(None, error, None)
-            return
+        if reservation is None:
+            try:
+                reservation = self._bucket.reserve(self._tokens, max_wait=max(remaining, 0.0))
+            except Exception as error:  # e.g. BucketUnavailableError under on_failure="fail"
+                self._finish(None, error, None)
+                return
         if reservation is None:
             self._give_up_on_deadline(None, remaining)
             return

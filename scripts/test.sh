@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what the test suite needs into the current Python environment and
+# run it: the README's test command, and what .ci/run runs on a fresh clone.
+#
+#   bash scripts/test.sh            # full suite (a few minutes)
+#   bash scripts/test.sh -k redis   # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+# The Redis bucket's tests run against a real redis-server. Install Debian's
+# package when it is missing and we may (root with apt-get); elsewhere the
+# Redis tests skip, except under CI=true where they fail instead.
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing redis-server (apt-get)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "scripts/test.sh: redis-server not found; install it (e.g. apt-get install redis-server) to run the Redis tests" >&2
+  fi
+fi
+
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# Static checks: cheap, and they fail the run like a failing test would.
+"$PYTHON" scripts/gen_protos.py --check
+"$PYTHON" -m ruff check src tests benchmarks scripts
+"$PYTHON" -m ruff format --check src tests benchmarks scripts
+"$PYTHON" -m mypy src
+
+"$PYTHON" -m pytest "$@"
