@@ -12,6 +12,8 @@ call id, so one logical call retried by the interceptor is seen as attempts
 - ``sleep=S``            answer after S seconds
 - ``pushback=MS*N``      first N attempts fail RESOURCE_EXHAUSTED with the
                          ``grpc-retry-pushback-ms`` trailer set to MS
+- ``retryinfo=MS*N``     first N attempts fail RESOURCE_EXHAUSTED with a
+                         ``google.rpc.RetryInfo`` of MS milliseconds in the status details
 """
 
 from __future__ import annotations
@@ -82,10 +84,10 @@ class Script:
             return "ok", None, attempt
         if name == "sleep":
             return "sleep", float(arg), attempt
-        if name == "pushback":
+        if name in ("pushback", "retryinfo"):
             ms, _, times = arg.partition("*")
             if attempt <= int(times):
-                return "pushback", ms, attempt
+                return name, ms, attempt
         return "ok", None, attempt
 
     def answer(self, text: str, attempt: int, throttled: bool) -> echo_pb2.EchoResponse:
@@ -96,6 +98,18 @@ class Script:
         with self.lock:
             self.executed[text.partition(":")[0]] += 1
         return echo_pb2.EchoResponse(text=text, attempt=attempt)
+
+
+def retry_info_status(millis: int) -> Any:
+    """A RESOURCE_EXHAUSTED status carrying google.rpc.RetryInfo, as Google APIs send it."""
+    from google.protobuf import any_pb2, duration_pb2
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(nanos=millis * 1_000_000)))
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="scripted RetryInfo", details=[detail])
+    return rpc_status.to_status(status)
 
 
 class _SyncEcho(echo_pb2_grpc.EchoServicer):
@@ -109,6 +123,8 @@ class _SyncEcho(echo_pb2_grpc.EchoServicer):
         if action == "pushback":
             context.set_trailing_metadata((("grpc-retry-pushback-ms", arg),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "scripted pushback")
+        if action == "retryinfo":
+            context.abort_with_status(retry_info_status(int(arg)))
         if action == "sleep":
             time.sleep(arg)
         return self.script.answer(request.text, attempt, action == "throttle")
@@ -158,6 +174,9 @@ class _AioEcho(echo_pb2_grpc.EchoServicer):
         if action == "pushback":
             context.set_trailing_metadata((("grpc-retry-pushback-ms", arg),))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "scripted pushback")
+        if action == "retryinfo":
+            status = retry_info_status(int(arg))
+            await context.abort(status.code, status.details, status.trailing_metadata)
         if action == "sleep":
             await asyncio.sleep(arg)
         return self.script.answer(request.text, attempt, action == "throttle")

@@ -35,10 +35,13 @@ async def make_stub(server: AioEchoServer) -> AsyncIterator[Any]:
     channels: list[grpc.aio.Channel] = []
 
     def make(
-        bucket: TokenBucket | None = None, retry: RetryPolicy = FAST_RETRY, throttle: ThrottlePolicy = ECHO_POLICY
+        bucket: TokenBucket | None = None,
+        retry: RetryPolicy = FAST_RETRY,
+        throttle: ThrottlePolicy = ECHO_POLICY,
+        **kwargs: Any,
     ) -> tuple[echo_pb2_grpc.EchoStub, grpc_throttle.aio.ThrottlingInterceptor]:
         interceptor = grpc_throttle.aio.ThrottlingInterceptor(
-            bucket or TokenBucket(rate=1000), retry=retry, throttle=throttle
+            bucket or TokenBucket(rate=1000), retry=retry, throttle=throttle, **kwargs
         )
         channel = grpc.aio.insecure_channel(server.target, interceptors=interceptor.for_channel())
         channels.append(channel)
@@ -171,7 +174,7 @@ async def test_a_plain_interceptor_list_paces_unary_calls(server: AioEchoServer)
 
 
 async def test_many_tasks_hold_the_rate(make_stub: Any, server: AioEchoServer) -> None:
-    stub, _ = make_stub(TokenBucket(rate=100))
+    stub, _ = make_stub(TokenBucket(rate=100, adaptive=None), budget=False)
     responses = await asyncio.gather(*(stub.Unary(request(f"t{i}:throttle=1")) for i in range(100)))
     assert all(r.attempt == 2 for r in responses)
     arrivals = server.script.arrivals()

@@ -2,7 +2,8 @@
 
 A client interceptor for any ``grpc`` channel (``grpc_throttle.aio`` for
 ``grpc.aio``) that paces calls with a shared token bucket, spots throttled
-answers, and retries them after a back-off.
+answers, retries them after a back-off, and learns when the server's real
+limit is lower than configured.
 
 Example:
     >>> import grpc, grpc_throttle
@@ -13,17 +14,23 @@ Example:
 
 from __future__ import annotations
 
-from .buckets import Reservation, TokenBucket
+from .buckets import AdaptiveRate, Reservation, TokenBucket
 from .errors import BucketUnavailableError, ThrottleError
+from .events import GaveUp, RateChanged, RetryScheduled
 from .interceptors import Stats, ThrottledChannel, ThrottlingInterceptor
 from .policy import CONN_THROTTLED, ThrottlePolicy
-from .retry import RetryPolicy
+from .retry import RetryBudget, RetryPolicy
 
 __all__ = [
     "CONN_THROTTLED",
+    "AdaptiveRate",
     "BucketUnavailableError",
+    "GaveUp",
+    "RateChanged",
     "Reservation",
+    "RetryBudget",
     "RetryPolicy",
+    "RetryScheduled",
     "Stats",
     "ThrottleError",
     "ThrottlePolicy",

@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
 
-__all__ = ["CONN_THROTTLED", "ThrottlePolicy"]
+__all__ = ["CONN_THROTTLED", "PUSHBACK_KEY", "ThrottlePolicy", "server_pushback"]
 
 _log = logging.getLogger(__name__)
 
 #: Clarifai's status code for "Making too many requests".
 CONN_THROTTLED = 11005
+
+#: The trailer in which a gRPC server says how long to wait (gRFC A6).
+PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+#: The trailer carrying a serialized google.rpc.Status (and its RetryInfo).
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 #: gRPC codes a user may opt into retrying; others never are, as retrying them
 #: could run a non-idempotent call twice after the server acted on it.
@@ -44,6 +51,9 @@ class ThrottlePolicy:
         error_predicate: Replaces the ``grpc_codes`` check: called with each
             ``grpc.RpcError``, returns True when it is throttled (you take the
             responsibility that the call is safe to repeat).
+        honour_pushback: When a throttled answer carries the server's own
+            wait (see :func:`server_pushback`), use it instead of the back-off,
+            and do not retry when the server says so.
 
     Example:
         >>> import grpc
@@ -55,6 +65,7 @@ class ThrottlePolicy:
     grpc_codes: frozenset[grpc.StatusCode] = frozenset()
     response_predicate: Callable[[Any], bool] | None = None
     error_predicate: Callable[[grpc.RpcError], bool] | None = None
+    honour_pushback: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status_codes", _int_set("status_codes", self.status_codes))
@@ -66,6 +77,8 @@ class ThrottlePolicy:
                     f"grpc.StatusCode.RESOURCE_EXHAUSTED, got {code!r}"
                 )
         object.__setattr__(self, "grpc_codes", codes)
+        if not isinstance(self.honour_pushback, bool):
+            raise ValueError(f"honour_pushback must be True or False, got {self.honour_pushback!r}")
         for name in ("response_predicate", "error_predicate"):
             value = getattr(self, name)
             if value is not None and not callable(value):
@@ -102,6 +115,49 @@ class ThrottlePolicy:
         if self.error_predicate is not None:
             parts.append(f"error_predicate={self.error_predicate!r}")
         return f"ThrottlePolicy({', '.join(parts)})"
+
+
+def server_pushback(metadata: Iterable[tuple[str, Any]] | None) -> float | None:
+    """How long the server asked the client to wait before retrying.
+
+    Reads the ``grpc-retry-pushback-ms`` trailer (gRFC A6) and, failing that,
+    a ``google.rpc.RetryInfo`` in the ``grpc-status-details-bin`` trailer.
+
+    Returns:
+        Seconds to wait; ``math.inf`` when the server said not to retry (a
+        negative or malformed pushback, as A6 specifies); None when it said
+        nothing.
+    """
+    details = None
+    for key, value in metadata or ():
+        if key == PUSHBACK_KEY:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            try:
+                millis = int(text.strip())
+            except ValueError:
+                return math.inf
+            return math.inf if millis < 0 else millis / 1000
+        if key == _STATUS_DETAILS_KEY:
+            details = value
+    return None if details is None else _retry_info_delay(details)
+
+
+def _retry_info_delay(blob: Any) -> float | None:
+    try:
+        from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+    except ImportError:  # googleapis-common-protos absent: no RetryInfo support
+        return None
+    try:
+        status = status_pb2.Status.FromString(bytes(blob))
+        for detail in status.details:
+            if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                info = error_details_pb2.RetryInfo()
+                detail.Unpack(info)
+                seconds = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                return seconds if seconds >= 0 else math.inf
+    except Exception:  # a malformed status is no instruction
+        _log.debug("grpc-throttle: could not read grpc-status-details-bin", exc_info=True)
+    return None
 
 
 def _ask(predicate: Callable[[Any], bool], value: Any, name: str) -> bool:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from typing import Protocol, runtime_checkable
 
+from ._cubic import AdaptiveRate
 from .local import Reservation, TokenBucket
 
-__all__ = ["AsyncBucket", "Bucket", "BucketReservation", "Reservation", "TokenBucket"]
+__all__ = ["AdaptiveRate", "AsyncBucket", "Bucket", "BucketReservation", "Reservation", "TokenBucket"]
 
 
 class BucketReservation(Protocol):
@@ -22,6 +23,8 @@ class BucketReservation(Protocol):
     tokens: float
     #: Seconds to wait before going ahead, from when the reservation was made.
     delay: float
+    # Optional: ``round`` (int), the bucket's adaptation round when it was
+    # made, passed back to ``record_throttle`` by buckets that adapt.
 
     def cancel(self) -> None:
         """Give the tokens back if the reservation is not due yet."""

@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable
 
 from .. import _checks
-from . import _gcra
+from ..events import EventHook, RateChanged, emit
+from . import _cubic, _gcra
+from ._cubic import AdaptiveRate
 
 __all__ = ["Reservation", "TokenBucket"]
 
@@ -21,10 +23,18 @@ class Reservation:
     calls :meth:`cancel` so that the tokens go back to the bucket.
     """
 
-    __slots__ = ("_bucket", "_epoch", "_start", "_tat", "delay", "ready_at", "tokens")
+    __slots__ = ("_bucket", "_epoch", "_start", "_tat", "delay", "ready_at", "round", "tokens")
 
     def __init__(
-        self, bucket: TokenBucket, tokens: float, delay: float, ready_at: float, start: float, tat: float, epoch: int
+        self,
+        bucket: TokenBucket,
+        tokens: float,
+        delay: float,
+        ready_at: float,
+        start: float,
+        tat: float,
+        epoch: int,
+        round: int,
     ) -> None:
         #: Tokens this reservation holds.
         self.tokens = tokens
@@ -32,6 +42,8 @@ class Reservation:
         self.delay = delay
         #: When the caller may go ahead, on the bucket's clock.
         self.ready_at = ready_at
+        #: The bucket's adaptation round when this was made (see record_throttle).
+        self.round = round
         self._bucket = bucket
         self._start = start
         self._tat = tat
@@ -66,6 +78,10 @@ class TokenBucket:
             at most ``capacity / rate`` seconds once, so smooth pacing is the
             setting that gets every call through with the fewest throttled
             answers. Raise it when the server is known to accept bursts.
+        adaptive: How the rate adapts to throttle signals reported with
+            :meth:`record_throttle` (CUBIC, see :class:`AdaptiveRate`); None
+            keeps the rate fixed. The interceptors report every throttled
+            answer, so every caller sharing the bucket slows down together.
         clock: Monotonic clock in seconds; injectable for tests.
 
     Example:
@@ -79,10 +95,13 @@ class TokenBucket:
         rate: float,
         capacity: float | None = None,
         *,
+        adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         rate = _checks.positive("rate", rate)
         capacity = 1.0 if capacity is None else _checks.at_least("capacity", capacity, 1)
+        if adaptive is not None and not isinstance(adaptive, AdaptiveRate):
+            raise ValueError(f"adaptive must be an AdaptiveRate or None, got {adaptive!r}")
         #: Lock guarding the state below; held only for arithmetic.
         self._lock = threading.Lock()
         #: Monotonic clock in seconds.
@@ -101,6 +120,13 @@ class TokenBucket:
         self._epoch = 0
         #: Cancelled reservations not at the tail yet: their end tat -> their start.
         self._holes: dict[float, float] = {}
+        #: Rate adaptation: its settings, the curve's state, and the round
+        #: (bumped on every decrease, so one burst of signals counts once).
+        self._adaptive = adaptive
+        self._cubic = _cubic.CubicState(rate=rate, w_max=rate)
+        self._round = 0
+        #: Called with a RateChanged on every change of the effective rate.
+        self._listeners: list[EventHook] = []
 
     # -- configuration ---------------------------------------------------
 
@@ -113,8 +139,11 @@ class TokenBucket:
     def rate(self, value: float) -> None:
         value = _checks.positive("rate", value)
         with self._lock:
+            old = self._effective_rate
             self._rate = value
+            self._cubic = _cubic.CubicState(rate=value, w_max=value)
             self._set_effective_locked(value)
+        self._notify(old, value, "configured")
 
     @property
     def effective_rate(self) -> float:
@@ -128,7 +157,68 @@ class TokenBucket:
         """
         value = _checks.positive("effective rate", value)
         with self._lock:
-            self._set_effective_locked(min(value, self._rate))
+            old = self._effective_rate
+            value = min(value, self._rate)
+            self._cubic = _cubic.CubicState(rate=value, w_max=value, last_decrease=self._clock())
+            self._set_effective_locked(value)
+        self._notify(old, value, "throttle" if value < old else "recovery")
+
+    # -- adaptation --------------------------------------------------------
+
+    @property
+    def adaptive(self) -> AdaptiveRate | None:
+        """How the rate adapts to throttle signals, or None when it is fixed."""
+        return self._adaptive
+
+    @property
+    def round(self) -> int:
+        """Rate decreases so far; reservations carry the round they were made in."""
+        return self._round
+
+    def record_throttle(self, round: int) -> None:
+        """Report a throttled answer to an attempt whose reservation had ``round``.
+
+        Lowers the effective rate (``beta``) unless an answer to an attempt of
+        the same round already did: calls sent together are throttled together,
+        and that is one signal.
+        """
+        if self._adaptive is None:
+            return
+        with self._lock:
+            if round < self._round:
+                return
+            old = self._effective_rate
+            self._cubic = _cubic.on_throttle(self._adaptive, self._cubic, self._rate, self._clock())
+            self._round += 1
+            self._set_effective_locked(self._cubic.rate)
+        self._notify(old, self._cubic.rate, "throttle")
+
+    def record_success(self) -> None:
+        """Report an answer that was not throttled: the rate recovers toward ``rate``."""
+        if self._adaptive is None or self._cubic.last_decrease is None:
+            return  # the common case: nothing to recover, no lock taken
+        with self._lock:
+            old = self._effective_rate
+            self._cubic = _cubic.on_success(self._adaptive, self._cubic, self._rate, self._clock())
+            if self._cubic.rate == old:
+                return
+            self._set_effective_locked(self._cubic.rate)
+        self._notify(old, self._cubic.rate, "recovery")
+
+    def add_listener(self, hook: EventHook) -> None:
+        """Call ``hook(RateChanged(...))`` on every change of the effective rate."""
+        if not callable(hook):
+            raise ValueError(f"hook must be callable, got {hook!r}")
+        self._listeners.append(hook)
+
+    def remove_listener(self, hook: EventHook) -> None:
+        """Stop calling ``hook``; does nothing if it was not added."""
+        if hook in self._listeners:
+            self._listeners.remove(hook)
+
+    def _notify(self, old: float, new: float, reason: str) -> None:
+        if old != new and self._listeners:
+            emit(self._listeners, RateChanged(old, new, reason))  # type: ignore[arg-type]
 
     def _set_effective_locked(self, value: float) -> None:
         new_interval = 1.0 / value
@@ -172,7 +262,7 @@ class TokenBucket:
             if taken is None:
                 return None
             self._tat, start, wait = taken
-            return Reservation(self, tokens, wait, now + wait, start, self._tat, self._epoch)
+            return Reservation(self, tokens, wait, now + wait, start, self._tat, self._epoch, self._round)
 
     def try_acquire(self, tokens: float = 1) -> bool:
         """Take ``tokens`` if they are available right now; never waits."""

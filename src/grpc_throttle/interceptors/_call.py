@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 
 from ..buckets import Bucket, BucketReservation
+from ..events import GaveUp, emit
 from . import _bases, _timers
 from ._attempts import CallDetails, CallState, Settings
 from ._local_error import LocalRpcError
@@ -77,6 +78,8 @@ class ThrottledCall(grpc.Call, _bases.Future):
         self._inner: Any = None
         #: The last throttled attempt (handed back unchanged on give-up).
         self._throttled: Any = None
+        #: The bucket's adaptation round when the current attempt got its token.
+        self._round = 0
         self._done = False
         self._cancelled = False
         self._response: Any = None
@@ -91,7 +94,7 @@ class ThrottledCall(grpc.Call, _bases.Future):
         self._acquire()
         return self
 
-    def resume(self, reservation: BucketReservation | None, first_outcome: Any = None) -> ThrottledCall:
+    def resume(self, reservation: BucketReservation | None, first_outcome: Any = None, round: int = 0) -> ThrottledCall:
         """Take over a call that a faster path began (see ``channel.py``).
 
         Args:
@@ -99,9 +102,11 @@ class ThrottledCall(grpc.Call, _bases.Future):
                 waited out.
             first_outcome: The first attempt's finished outcome, when it was
                 sent already and came back throttled.
+            round: The first attempt's reservation round, with ``first_outcome``.
         """
         if first_outcome is not None:  # counted as a call and an attempt already
             self._state.attempt = 1
+            self._round = round
             self._on_attempt_done(first_outcome)
         else:
             self._settings.stats.add("calls")
@@ -119,6 +124,7 @@ class ThrottledCall(grpc.Call, _bases.Future):
         if reservation is None:
             self._give_up_on_deadline(None, remaining)
             return
+        self._round = getattr(reservation, "round", 0)
         if reservation.delay <= 0:
             self._send()
             return
@@ -169,17 +175,21 @@ class ThrottledCall(grpc.Call, _bases.Future):
             # Cancelled underneath us (channel closed), not by our caller.
             self._finish(None, LocalRpcError(grpc.StatusCode.CANCELLED, "attempt cancelled"), inner)
             return
-        throttle = self._settings.throttle
+        settings = self._settings
+        throttle = settings.throttle
         if error is not None:
             if not (isinstance(error, grpc.RpcError) and throttle.error_throttled(error)):
-                self._finish(None, error, inner)
+                self._finish(None, error, inner)  # a plain failure: no signal either way
                 return
-        elif not throttle.response_throttled(inner.result()):
-            self._finish(inner.result(), None, inner)
-            return
-        self._settings.stats.add("throttled")
+        else:
+            response = inner.result()
+            if not throttle.response_throttled(response):
+                settings.on_answer(False, self._round)
+                self._finish(response, None, inner)
+                return
+        settings.on_answer(True, self._round)
         self._throttled = inner
-        delay = self._state.backoff_before_retry()
+        delay = self._state.delay_before_retry(self._details.method, _trailing_metadata(inner))
         if delay is None:
             self._give_up()
             return
@@ -189,19 +199,20 @@ class ThrottledCall(grpc.Call, _bases.Future):
             self._state.attempt,
             delay,
         )
-        self._settings.stats.add("backoff_seconds", delay)
         with self._lock:
             if not self._done:
                 self._park(delay, self._acquire)
 
     def _give_up(self) -> None:
-        self._settings.stats.add("give_ups")
         inner = self._throttled
         error = inner.exception()
         self._finish(None if error is not None else inner.result(), error, inner)
 
     def _give_up_on_deadline(self, wait: float | None, remaining: float) -> None:
         if self._throttled is not None:
+            self._settings.stats.add("give_ups")
+            if self._settings.hooks:
+                emit(self._settings.hooks, GaveUp(_name(self._details.method), self._state.attempt, "deadline"))
             self._give_up()
         else:
             self._settings.stats.add("deadline_rejections")
@@ -391,3 +402,14 @@ class ThrottledCall(grpc.Call, _bases.Future):
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else "done" if self._done else "pending"
         return f"<ThrottledCall {self._details.method} {state} attempts={self._state.attempt}>"
+
+
+def _trailing_metadata(outcome: Any) -> Any:
+    try:
+        return outcome.trailing_metadata()
+    except Exception:  # an outcome without trailers (e.g. a raised non-gRPC error)
+        return None
+
+
+def _name(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method

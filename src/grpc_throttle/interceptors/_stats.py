@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Any
 
 __all__ = ["Stats", "StatsRecorder"]
 
@@ -30,6 +31,10 @@ class Stats:
     token_wait_seconds: float = 0.0
     #: Seconds spent backing off between attempts, summed over calls.
     backoff_seconds: float = 0.0
+    #: The bucket's effective rate when the snapshot was taken, tokens/s.
+    effective_rate: float = 0.0
+    #: Tokens left in the retry budget (None without a budget).
+    retry_budget: float | None = None
 
 
 class StatsRecorder:
@@ -40,11 +45,20 @@ class StatsRecorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, float] = {f.name: 0 for f in dataclasses.fields(Stats)}
+        del self._counts["effective_rate"], self._counts["retry_budget"]
 
     def add(self, name: str, amount: float = 1) -> None:
         with self._lock:
             self._counts[name] += amount
 
-    def snapshot(self) -> Stats:
+    def snapshot(self, bucket: Any, budget: Any) -> Stats:
+        rate: Any = getattr(bucket, "effective_rate", None)
+        if rate is None:
+            rate = getattr(bucket, "rate", 0.0)
         with self._lock:
-            return Stats(**self._counts)  # type: ignore[arg-type]
+            counts = dict(self._counts)
+        return Stats(
+            **counts,  # type: ignore[arg-type]
+            effective_rate=float(rate),
+            retry_budget=None if budget is None else budget.tokens,
+        )

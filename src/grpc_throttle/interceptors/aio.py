@@ -18,13 +18,14 @@ import grpc
 import grpc.aio
 
 from ..buckets import AsyncBucket, BucketReservation, TokenBucket
+from ..events import EventHook, GaveUp, emit
 from ..policy import ThrottlePolicy
-from ..retry import RetryPolicy
+from ..retry import RetryBudget, RetryPolicy
 from . import _bases
-from ._attempts import CallState, Settings
+from ._attempts import CallState
 from ._call import deadline_error
 from ._stats import Stats
-from .sync import Cost, _check_type, check_cost
+from .sync import Cost, make_settings
 
 __all__ = ["ThrottlingInterceptor"]
 
@@ -57,6 +58,8 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         *,
         retry: RetryPolicy | None = None,
         throttle: ThrottlePolicy | None = None,
+        budget: RetryBudget | bool = True,
+        on_event: EventHook | None = None,
         cost: Cost = 1,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
@@ -72,13 +75,7 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
                 "grpc_throttle.TokenBucket or an asynchronous bucket (grpc_throttle.aio.RedisTokenBucket)"
             )
         self._bucket = bucket
-        self._settings = Settings(
-            retry=_check_type("retry", retry, RetryPolicy),
-            throttle=_check_type("throttle", throttle, ThrottlePolicy),
-            cost=check_cost(cost),
-            clock=clock,
-            random=random,
-        )
+        self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, clock, random)
 
     @property
     def bucket(self) -> TokenBucket | AsyncBucket:
@@ -96,31 +93,29 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         return self._settings.throttle
 
     def stats(self) -> Stats:
-        """A snapshot of what this interceptor has done so far."""
-        return self._settings.stats.snapshot()
+        """A snapshot of what this interceptor has done so far, and the bucket's rate now."""
+        return self._settings.stats.snapshot(self._bucket, self._settings.budget)
 
     def for_channel(self) -> list[Any]:
         """This interceptor plus one per streaming call kind, for ``interceptors=``."""
         return [self, _UnaryStream(self), _StreamUnary(self), _StreamStream(self)]
 
-    async def _take_token(self, state: CallState, tokens: float) -> bool:
-        """Wait for ``tokens``; False (nothing taken) if that would pass the deadline."""
+    async def _take_token(self, state: CallState, tokens: float) -> BucketReservation | None:
+        """Wait for ``tokens``; None (nothing taken) if that would pass the deadline."""
         max_wait = max(state.remaining(), 0.0)
         reservation: BucketReservation | None
         if self._async_bucket:
             reservation = await self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[misc]
         else:
             reservation = self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[assignment]
-        if reservation is None:
-            return False
-        if reservation.delay > 0:
+        if reservation is not None and reservation.delay > 0:
             self._settings.stats.add("token_wait_seconds", reservation.delay)
             try:
                 await asyncio.sleep(reservation.delay)
             except asyncio.CancelledError:
                 reservation.cancel()
                 raise
-        return True
+        return reservation
 
     # -- unary-unary: paced, inspected, retried -----------------------------
 
@@ -138,12 +133,16 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         throttled_call = None
         while True:
             remaining = state.remaining()
-            if not await self._take_token(state, tokens):
+            reservation = await self._take_token(state, tokens)
+            if reservation is None:
                 if throttled_call is not None:
                     stats.add("give_ups")
+                    if settings.hooks:
+                        emit(settings.hooks, GaveUp(_name(client_call_details.method), state.attempt, "deadline"))
                     return throttled_call
                 stats.add("deadline_rejections")
                 raise _aio_error(deadline_error(None, remaining))
+            round = getattr(reservation, "round", 0)
             state.attempt += 1
             stats.add("attempts")
             if state.attempt > 1:
@@ -157,19 +156,20 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
             except grpc.aio.AioRpcError as error:
                 if not settings.throttle.error_throttled(error):
                     return call
+                trailers = error.trailing_metadata()
             except asyncio.CancelledError:
                 call.cancel()
                 raise
             else:
                 if not settings.throttle.response_throttled(response):
+                    settings.on_answer(False, round)
                     return call
-            stats.add("throttled")
+                trailers = await call.trailing_metadata()
+            settings.on_answer(True, round)
             throttled_call = call
-            delay = state.backoff_before_retry()
+            delay = state.delay_before_retry(client_call_details.method, trailers)
             if delay is None:
-                stats.add("give_ups")
                 return call
-            stats.add("backoff_seconds", delay)
             await asyncio.sleep(delay)
 
     # -- streaming: paced when they start, never retried ---------------------
@@ -179,7 +179,7 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         settings.stats.add("calls")
         state = CallState(settings, details.timeout)
         remaining = state.remaining()
-        if not await self._take_token(state, settings.tokens_for(details.method, request)):
+        if await self._take_token(state, settings.tokens_for(details.method, request)) is None:
             settings.stats.add("deadline_rejections")
             raise _aio_error(deadline_error(None, remaining))
         settings.stats.add("attempts")
@@ -235,6 +235,10 @@ def _with_timeout(details: grpc.aio.ClientCallDetails, timeout: float | None) ->
     return grpc.aio.ClientCallDetails(
         details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
     )
+
+
+def _name(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method
 
 
 def _aio_error(error: Any) -> grpc.aio.AioRpcError:

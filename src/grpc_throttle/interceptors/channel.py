@@ -200,10 +200,16 @@ class _UnaryUnary:
             outcome: Any = error
         else:
             if not settings.throttle.response_throttled(response):
+                settings.on_answer(False, getattr(reservation, "round", 0))
                 return response
+            # __call__ gives no trailers: a pushback on an OK answer is not seen here.
             outcome = _Outcome(response, None)
         remaining = None if timeout is None else timeout - (settings.clock() - started)
-        return self._call(request, remaining, kwargs, tokens).resume(None, outcome).result()
+        return (
+            self._call(request, remaining, kwargs, tokens)
+            .resume(None, outcome, getattr(reservation, "round", 0))
+            .result()
+        )
 
     def with_call(self, request: Any, timeout: float | None = None, **kwargs: Any) -> tuple[Any, Any]:
         tokens = self._interceptor._settings.tokens_for(self._method, request)

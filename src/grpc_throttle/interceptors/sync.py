@@ -13,8 +13,9 @@ import grpc
 
 from .. import _checks
 from ..buckets import Bucket
+from ..events import EventHook
 from ..policy import ThrottlePolicy
-from ..retry import RetryPolicy
+from ..retry import RetryBudget, RetryPolicy, budget_for
 from . import _bases
 from ._attempts import Settings, copy_details
 from ._call import ThrottledCall, deadline_error
@@ -40,6 +41,11 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
         retry: How many attempts and how long to back off. Default
             ``RetryPolicy()`` (5 attempts, 1 s initial, 15 s cap).
         throttle: What counts as throttled. Default: body ``status.code`` 11005.
+        budget: The retry budget that stops retry storms: True (default) for
+            the one shared by every interceptor on this bucket, False for
+            none, or a :class:`~grpc_throttle.RetryBudget` of your own.
+        on_event: Called with a :mod:`~grpc_throttle.events` object on every
+            retry, give-up and change of the bucket's rate.
         cost: Tokens per call, or a function ``(method, request) -> tokens``
             (``request`` is None for client-streaming calls).
         clock: Monotonic clock used for deadlines.
@@ -58,6 +64,8 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
         *,
         retry: RetryPolicy | None = None,
         throttle: ThrottlePolicy | None = None,
+        budget: RetryBudget | bool = True,
+        on_event: EventHook | None = None,
         cost: Cost = 1,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
@@ -68,13 +76,7 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
         if inspect.iscoroutinefunction(reserve):
             raise ValueError(f"bucket {bucket!r} is asynchronous: use it with grpc_throttle.aio.ThrottlingInterceptor")
         self._bucket = bucket
-        self._settings = Settings(
-            retry=_check_type("retry", retry, RetryPolicy),
-            throttle=_check_type("throttle", throttle, ThrottlePolicy),
-            cost=check_cost(cost),
-            clock=clock,
-            random=random,
-        )
+        self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, clock, random)
 
     @property
     def bucket(self) -> Bucket:
@@ -92,8 +94,8 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
         return self._settings.throttle
 
     def stats(self) -> Stats:
-        """A snapshot of what this interceptor has done so far."""
-        return self._settings.stats.snapshot()
+        """A snapshot of what this interceptor has done so far, and the bucket's rate now."""
+        return self._settings.stats.snapshot(self._bucket, self._settings.budget)
 
     # -- unary-unary: paced, inspected, retried -----------------------------
 
@@ -159,6 +161,46 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
 
     def __repr__(self) -> str:
         return f"<ThrottlingInterceptor bucket={self._bucket!r} retry={self.retry!r} throttle={self.throttle!r}>"
+
+
+def make_settings(
+    bucket: Any,
+    retry: RetryPolicy | None,
+    throttle: ThrottlePolicy | None,
+    budget: RetryBudget | bool,
+    on_event: EventHook | None,
+    cost: Cost,
+    clock: Callable[[], float],
+    random: Callable[[], float],
+) -> Settings:
+    """Validate an interceptor's arguments (sync and aio take the same)."""
+    shared: RetryBudget | None
+    if budget is True:
+        shared = budget_for(bucket)
+    elif budget is False:
+        shared = None
+    elif isinstance(budget, RetryBudget):
+        shared = budget
+    else:
+        raise ValueError(f"budget must be True, False or a RetryBudget, got {budget!r}")
+    hooks: tuple[EventHook, ...] = ()
+    if on_event is not None:
+        if not callable(on_event):
+            raise ValueError(f"on_event must be callable, got {on_event!r}")
+        hooks = (on_event,)
+        add_listener = getattr(bucket, "add_listener", None)
+        if add_listener is not None:
+            add_listener(on_event)
+    return Settings(
+        bucket,
+        retry=_check_type("retry", retry, RetryPolicy),
+        throttle=_check_type("throttle", throttle, ThrottlePolicy),
+        budget=shared,
+        cost=check_cost(cost),
+        clock=clock,
+        random=random,
+        hooks=hooks,
+    )
 
 
 def check_cost(cost: Cost) -> Cost:

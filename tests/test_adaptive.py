@@ -1,0 +1,169 @@
+"""Rate adaptation (CUBIC) and the retry budget, on a virtual clock."""
+
+from __future__ import annotations
+
+import pytest
+from clock import VirtualClock
+from hypothesis import given
+from hypothesis import strategies as st
+
+from grpc_throttle import AdaptiveRate, RateChanged, RetryBudget, TokenBucket
+from grpc_throttle.buckets import _cubic
+
+
+def make(rate: float = 10.0, **kwargs: object) -> tuple[TokenBucket, VirtualClock]:
+    clock = VirtualClock()
+    return TokenBucket(rate=rate, clock=clock, **kwargs), clock  # type: ignore[arg-type]
+
+
+def test_a_throttle_signal_cuts_the_rate_by_beta() -> None:
+    bucket, _ = make(rate=10)
+    bucket.record_throttle(bucket.round)
+    assert bucket.effective_rate == pytest.approx(7.0)
+    assert bucket.rate == 10  # the configured rate is kept
+
+
+def test_signals_from_one_round_count_once() -> None:
+    bucket, _ = make(rate=10)
+    round_before = bucket.round
+    for _ in range(16):  # sixteen calls sent together, throttled together
+        bucket.record_throttle(round_before)
+    assert bucket.effective_rate == pytest.approx(7.0)
+    bucket.record_throttle(bucket.round)  # a call sent after the cut: a new signal
+    assert bucket.effective_rate == pytest.approx(4.9)
+
+
+def test_recovery_follows_the_cubic_and_reaches_the_configured_rate_at_k() -> None:
+    bucket, clock = make(rate=10)
+    bucket.record_throttle(bucket.round)
+    k = (10 * (1 - 0.7) / 0.4) ** (1 / 3)  # 1.957 s for these constants
+    seen = []
+    for _ in range(40):
+        clock.advance(k / 20)
+        bucket.record_success()
+        seen.append(bucket.effective_rate)
+    assert seen == sorted(seen)  # never falls while answers succeed
+    assert max(seen) == 10.0  # back at the configured rate ...
+    assert seen.index(10.0) in range(18, 21)  # ... at t = k (within the 1% step rounding)
+    mid = _cubic.on_success(AdaptiveRate(), _cubic.CubicState(7.0, 10.0, 0.0), 10.0, k / 2)
+    assert mid.rate == pytest.approx(0.4 * (k / 2 - k) ** 3 + 10)  # the concave plateau
+
+
+def test_the_rate_never_goes_below_the_floor() -> None:
+    bucket, _ = make(rate=10, adaptive=AdaptiveRate(min_fraction=0.2))
+    for _ in range(50):
+        bucket.record_throttle(bucket.round)
+    assert bucket.effective_rate == pytest.approx(2.0)
+
+
+@given(
+    events=st.lists(st.tuples(st.booleans(), st.floats(min_value=0, max_value=3)), min_size=1, max_size=60),
+    rate=st.floats(min_value=0.5, max_value=500),
+)
+def test_effective_rate_stays_between_floor_and_configured(events: list[tuple[bool, float]], rate: float) -> None:
+    bucket, clock = make(rate=rate)
+    floor = AdaptiveRate().floor(rate)
+    for throttled, advance in events:
+        clock.advance(advance)
+        if throttled:
+            bucket.record_throttle(bucket.round)
+        else:
+            bucket.record_success()
+        assert floor - 1e-9 <= bucket.effective_rate <= rate + 1e-9
+
+
+def test_the_effective_rate_paces_reservations() -> None:
+    bucket, _ = make(rate=10)
+    bucket.reserve()
+    bucket.record_throttle(bucket.round)  # 7 tokens/s now
+    nxt = bucket.reserve()
+    assert nxt is not None and nxt.delay == pytest.approx(1 / 7, rel=0.01)
+
+
+def test_adaptation_can_be_turned_off() -> None:
+    bucket, _ = make(rate=10, adaptive=None)
+    bucket.record_throttle(bucket.round)
+    assert bucket.effective_rate == 10
+
+
+def test_listeners_hear_every_rate_change() -> None:
+    bucket, clock = make(rate=10)
+    events: list[RateChanged] = []
+    bucket.add_listener(events.append)
+    bucket.record_throttle(bucket.round)
+    clock.advance(5)
+    bucket.record_success()
+    bucket.rate = 20
+    assert [(e.reason, round(e.new_rate, 3)) for e in events] == [
+        ("throttle", 7.0),
+        ("recovery", 10.0),
+        ("configured", 20.0),
+    ]
+    bucket.remove_listener(events.append)
+    bucket.record_throttle(bucket.round)
+    assert len(events) == 3
+
+
+def test_a_listener_that_raises_is_logged_not_propagated(caplog: pytest.LogCaptureFixture) -> None:
+    bucket, _ = make(rate=10)
+
+    def broken(event: object) -> None:
+        raise RuntimeError("hook bug")
+
+    bucket.add_listener(broken)
+    bucket.record_throttle(bucket.round)
+    assert bucket.effective_rate == pytest.approx(7.0)
+    assert "event hook raised" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"beta": 1.0}, "beta"),
+        ({"beta": 0}, "beta"),
+        ({"scale": -1}, "scale"),
+        ({"min_fraction": 2}, "min_fraction"),
+        ({"min_rate": 0}, "min_rate"),
+    ],
+)
+def test_bad_adaptive_values_name_the_field(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        AdaptiveRate(**kwargs)
+
+
+def test_bucket_rejects_a_bad_adaptive_argument() -> None:
+    with pytest.raises(ValueError, match="adaptive"):
+        TokenBucket(rate=1, adaptive=0.7)  # type: ignore[arg-type]
+
+
+# -- the retry budget ----------------------------------------------------------
+
+
+def test_budget_stops_retries_below_half_and_refills_with_successes() -> None:
+    budget = RetryBudget(max_tokens=10, token_ratio=0.5)
+    for _ in range(4):
+        budget.on_throttled()
+    assert budget.allows_retry()  # 6 left, > 5
+    budget.on_throttled()
+    assert not budget.allows_retry()  # 5 left: retries stop
+    budget.on_success()
+    assert budget.allows_retry()  # 5.5
+    for _ in range(100):
+        budget.on_success()
+    assert budget.tokens == 10  # never above max
+
+
+def test_budget_never_goes_negative() -> None:
+    budget = RetryBudget(max_tokens=2)
+    for _ in range(10):
+        budget.on_throttled()
+    assert budget.tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"max_tokens": 0}, "max_tokens"), ({"token_ratio": 0}, "token_ratio"), ({"token_ratio": 2}, "token_ratio")],
+)
+def test_bad_budget_values_name_the_field(kwargs: dict[str, float], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        RetryBudget(**kwargs)
