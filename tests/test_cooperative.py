@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -50,7 +51,7 @@ def stub_for(echo_server: EchoServer) -> Iterator[Any]:
 
 
 def gaps(arrivals: list[float]) -> list[float]:
-    return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
 # -- what the server says wins over the computed back-off ---------------------------
