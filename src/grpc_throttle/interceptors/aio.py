@@ -21,11 +21,11 @@ from ..buckets import AsyncBucket, BucketReservation, TokenBucket
 from ..events import EventHook, GaveUp, emit
 from ..policy import ThrottlePolicy
 from ..retry import RetryBudget, RetryPolicy
-from . import _bases
+from . import _bases, _otel
 from ._attempts import CallState
 from ._call import deadline_error
 from ._stats import Stats
-from .sync import Cost, make_settings
+from .sync import _NUMBERS, Cost, make_settings
 
 __all__ = ["ThrottlingInterceptor"]
 
@@ -60,6 +60,7 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         throttle: ThrottlePolicy | None = None,
         budget: RetryBudget | bool = True,
         on_event: EventHook | None = None,
+        name: str | None = None,
         cost: Cost = 1,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
@@ -76,6 +77,9 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
             )
         self._bucket = bucket
         self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, clock, random)
+        #: Names this interceptor in OpenTelemetry metrics and logs.
+        self.name = name or f"interceptor-{next(_NUMBERS)}"
+        _otel.register(self, self.name)
 
     @property
     def bucket(self) -> TokenBucket | AsyncBucket:

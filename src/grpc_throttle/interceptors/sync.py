@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import random as _random
 import time
@@ -16,7 +17,7 @@ from ..buckets import Bucket
 from ..events import EventHook
 from ..policy import ThrottlePolicy
 from ..retry import RetryBudget, RetryPolicy, budget_for
-from . import _bases
+from . import _bases, _otel
 from ._attempts import Settings, copy_details
 from ._call import ThrottledCall, deadline_error
 from ._stats import Stats
@@ -24,6 +25,9 @@ from ._stats import Stats
 __all__ = ["ThrottlingInterceptor"]
 
 Cost = float | Callable[[str, Any], float]
+
+#: Numbers unnamed interceptors (sync and aio alike).
+_NUMBERS = itertools.count(1)
 
 
 class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.StreamUnary, _bases.StreamStream):
@@ -46,6 +50,9 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
             none, or a :class:`~grpc_throttle.RetryBudget` of your own.
         on_event: Called with a :mod:`~grpc_throttle.events` object on every
             retry, give-up and change of the bucket's rate.
+        name: Names the interceptor in OpenTelemetry metrics, which it
+            reports (``grpc_throttle.*`` observable instruments read from
+            :meth:`stats`) whenever ``opentelemetry-api`` is installed.
         cost: Tokens per call, or a function ``(method, request) -> tokens``
             (``request`` is None for client-streaming calls).
         clock: Monotonic clock used for deadlines.
@@ -66,6 +73,7 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
         throttle: ThrottlePolicy | None = None,
         budget: RetryBudget | bool = True,
         on_event: EventHook | None = None,
+        name: str | None = None,
         cost: Cost = 1,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
@@ -77,6 +85,9 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
             raise ValueError(f"bucket {bucket!r} is asynchronous: use it with grpc_throttle.aio.ThrottlingInterceptor")
         self._bucket = bucket
         self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, clock, random)
+        #: Names this interceptor in OpenTelemetry metrics and logs.
+        self.name = name or f"interceptor-{next(_NUMBERS)}"
+        _otel.register(self, self.name)
 
     @property
     def bucket(self) -> Bucket:
