@@ -70,9 +70,7 @@ class Client:
 
     def predict(self, *texts: str) -> Any:
         inputs = [
-            resources_pb2.Input(
-                id=f"in-{i}", data=resources_pb2.Data(text=resources_pb2.Text(raw=t))
-            )
+            resources_pb2.Input(id=f"in-{i}", data=resources_pb2.Data(text=resources_pb2.Text(raw=t)))
             for i, t in enumerate(texts)
         ]
         request = service_pb2.PostModelOutputsRequest(model_id="general", inputs=inputs)
@@ -194,9 +192,7 @@ def test_throttle_with_grpc_aborts_resource_exhausted(clock: FrozenClock) -> Non
     assert "exceeded limit of 1 requests per second" in error.details()
 
 
-def test_counters_reset_and_admission_times(
-    connect: Any, emulator: ClarifaiEmulator, clock: FrozenClock
-) -> None:
+def test_counters_reset_and_admission_times(connect: Any, emulator: ClarifaiEmulator, clock: FrozenClock) -> None:
     a, b = connect(KEY_A), connect(KEY_B)
     a.list_model_types()
     clock.now += 0.25

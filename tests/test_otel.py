@@ -21,7 +21,9 @@ def points(reader: InMemoryMetricReader, instrument: str, name: str) -> list[Any
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
                 if metric.name == instrument:
-                    found += [p.value for p in metric.data.data_points if p.attributes.get("grpc_throttle.name") == name]
+                    found += [
+                        p.value for p in metric.data.data_points if p.attributes.get("grpc_throttle.name") == name
+                    ]
     return found
 
 

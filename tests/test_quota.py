@@ -16,9 +16,9 @@ from grpc_throttle.testing import (
 )
 
 #: Sorted arrival times: a few calls spread over a few seconds, with clumps.
-arrivals = st.lists(
-    st.floats(min_value=0, max_value=0.7, allow_nan=False), min_size=1, max_size=120
-).map(lambda gaps: [sum(gaps[: i + 1]) for i in range(len(gaps))])
+arrivals = st.lists(st.floats(min_value=0, max_value=0.7, allow_nan=False), min_size=1, max_size=120).map(
+    lambda gaps: [sum(gaps[: i + 1]) for i in range(len(gaps))]
+)
 rates = st.floats(min_value=1, max_value=40, allow_nan=False)
 
 
@@ -177,9 +177,7 @@ def test_make_quota_passes_burst_to_the_token_bucket() -> None:
         (("fixed-window", 10, 5), "burst", "5"),
     ],
 )
-def test_make_quota_rejects_bad_values_naming_them(
-    args: tuple[object, ...], field: str, shown: str
-) -> None:
+def test_make_quota_rejects_bad_values_naming_them(args: tuple[object, ...], field: str, shown: str) -> None:
     with pytest.raises(ValueError, match=field) as info:
         make_quota(*args)  # type: ignore[arg-type]
     assert shown in str(info.value)

@@ -11,7 +11,8 @@ Example:
 
 from __future__ import annotations
 
-from .emulator import ClarifaiEmulator, ControlClient, Counters, user_key
+from .control import ControlClient, Counters
+from .emulator import ClarifaiEmulator, user_key
 from .quota import (
     POLICIES,
     FixedWindowQuota,

@@ -4,12 +4,11 @@ It serves two methods of Clarifai's ``V2`` service, ``ListModelTypes`` and
 ``PostModelOutputs``, with fake content, and answers over-quota calls exactly
 as Clarifai documents (gRPC OK, body ``status.code`` 11005 CONN_THROTTLED).
 The ``Control`` service on the same port reads and resets its counters from
-another process (:class:`ControlClient`).
+another process (:mod:`.control`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import logging
@@ -26,16 +25,12 @@ from clarifai_grpc.grpc.api import resources_pb2, service_pb2, service_pb2_grpc
 from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
 
 from .. import _checks
-from . import control_pb2
-from . import control_pb2_grpc as _control_grpc_module
+from .control import Counters, add_control_service
 from .quota import Quota, make_quota
 
-__all__ = ["ClarifaiEmulator", "ControlClient", "Counters", "user_key"]
+__all__ = ["ClarifaiEmulator", "user_key"]
 
 _log = logging.getLogger(__name__)
-
-#: The generated gRPC glue is untyped; reach it through Any.
-_control_grpc: Any = _control_grpc_module
 
 #: The model types ``ListModelTypes`` answers with: (id, title).
 _MODEL_TYPES = (
@@ -63,25 +58,6 @@ def user_key(authorization: str | None) -> str:
     if authorization is None:
         return "anonymous"
     return hashlib.sha256(authorization.encode()).hexdigest()[:12]
-
-
-@dataclasses.dataclass(frozen=True)
-class Counters:
-    """A snapshot of the emulator's counters.
-
-    Attributes:
-        admitted: Calls answered normally, all users together.
-        throttled: Calls refused as over quota, all users together.
-        per_user: ``(admitted, throttled)`` by user, keyed by :func:`user_key`.
-
-    Example:
-        >>> Counters(admitted=2, throttled=1, per_user={"anonymous": (2, 1)}).throttled
-        1
-    """
-
-    admitted: int
-    throttled: int
-    per_user: dict[str, tuple[int, int]]
 
 
 class _User:
@@ -173,7 +149,7 @@ class ClarifaiEmulator:
         pool = futures.ThreadPoolExecutor(self._max_workers, thread_name_prefix="clarifai-emulator")
         server = grpc.server(pool, options=[("grpc.so_reuseport", 0)])
         service_pb2_grpc.add_V2Servicer_to_server(_V2Servicer(self), server)
-        _control_grpc.add_ControlServicer_to_server(_ControlServicer(self), server)
+        add_control_service(self, server)
         try:
             port = server.add_insecure_port(_address(self.host, self._port))
         except RuntimeError as exc:
@@ -222,9 +198,7 @@ class ClarifaiEmulator:
     def counters(self) -> Counters:
         """Return a snapshot of the admitted and throttled calls."""
         with self._lock:
-            per_user = {
-                _short(k): (u.admitted, u.throttled) for k, u in sorted(self._users.items())
-            }
+            per_user = {_short(k): (u.admitted, u.throttled) for k, u in sorted(self._users.items())}
         return Counters(
             admitted=sum(a for a, _ in per_user.values()),
             throttled=sum(t for _, t in per_user.values()),
@@ -311,68 +285,6 @@ class _V2Servicer(service_pb2_grpc.V2Servicer):  # type: ignore[misc]
             for item in request.inputs
         ]
         return service_pb2.MultiOutputResponse(status=status, outputs=outputs)
-
-
-class _ControlServicer:
-    """The Control service: counters and reset, for another process."""
-
-    def __init__(self, emulator: ClarifaiEmulator) -> None:
-        self._emulator = emulator
-
-    def GetCounters(self, request: Any, context: grpc.ServicerContext) -> Any:
-        snap = self._emulator.counters()
-        users = [
-            control_pb2.UserCounters(user=k, admitted=a, throttled=t)
-            for k, (a, t) in sorted(snap.per_user.items())
-        ]
-        return control_pb2.Counters(admitted=snap.admitted, throttled=snap.throttled, users=users)
-
-    def Reset(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self._emulator.reset()
-        return control_pb2.ResetResponse()
-
-
-class ControlClient:
-    """Reads and resets a running emulator's counters over its Control service.
-
-    Args:
-        target: The emulator's address (:attr:`ClarifaiEmulator.target`).
-        timeout: Deadline of each call, in seconds.
-
-    Example:
-        >>> with ControlClient("127.0.0.1:50051") as control:  # doctest: +SKIP
-        ...     control.counters().throttled
-    """
-
-    def __init__(self, target: str, *, timeout: float = 10.0) -> None:
-        self.target = target
-        self.timeout = _checks.positive("timeout", timeout)
-        self._channel = grpc.insecure_channel(target)
-        self._stub = _control_grpc.ControlStub(self._channel)
-
-    def counters(self) -> Counters:
-        """Fetch a snapshot of the emulator's counters."""
-        reply = self._stub.GetCounters(control_pb2.GetCountersRequest(), timeout=self.timeout)
-        per_user = {u.user: (int(u.admitted), int(u.throttled)) for u in reply.users}
-        total_admitted, total_throttled = int(reply.admitted), int(reply.throttled)
-        return Counters(admitted=total_admitted, throttled=total_throttled, per_user=per_user)
-
-    def reset(self) -> None:
-        """Make the emulator forget every user (counters and quotas)."""
-        self._stub.Reset(control_pb2.ResetRequest(), timeout=self.timeout)
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<ControlClient {self.target}>"
 
 
 def _short(key: str) -> str:
