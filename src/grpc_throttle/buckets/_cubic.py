@@ -1,22 +1,28 @@
 """Pure rate adaptation: CUBIC, as in the AWS SDKs' adaptive retry mode.
 
 A throttled answer means the server's real limit is below the rate we send
-at. The rate then drops multiplicatively (``rate * beta``) and remembers where
-it was (``w_max``); on every success it climbs back along the cubic
+at. The rate then drops multiplicatively (``rate * beta``) and, on every
+success, climbs back along CUBIC's concave curve toward a target just under
+the rate that was throttled::
 
-    rate(t) = scale * (t - k)**3 + w_max,   k = cbrt(w_max * (1 - beta) / scale)
+    w_max   = throttled_rate * (1 - headroom)
+    rate(t) = scale * (t - k)**3 + w_max,   k = cbrt((w_max - beta * throttled_rate) / scale)
 
-(``t`` = seconds since the last decrease): fast at first, flat near the rate
-that was throttled (where the real limit probably is), then probing beyond it.
-It never exceeds the configured rate and never falls below a floor.
+(``t`` = seconds since the decrease): fast at first, flat near ``w_max``,
+where the real limit probably is. Past ``k`` it probes upward linearly, by
+``probe`` of the configured rate per second, rather than along CUBIC's
+convex branch: rate limits are fixed numbers, not the shifting capacity of a
+network path, so a quick probe only buys the next throttle sooner. A server
+that counts in 1 s windows throttles a client paced at exactly its limit
+whenever jitter bunches two requests; the headroom plus the slow probe keep
+the client just under that point for tens of seconds per throttle.
 
+The rate never exceeds the configured rate and never falls below a floor.
 A burst of throttled answers to calls that were all sent before the last
 decrease counts as one signal (one decrease per round, as TCP does per
 window): otherwise 16 calls throttled together would divide the rate by
-0.7**16. Buckets track the rounds; this module only does the arithmetic.
-
-No clock and no I/O here: the local bucket calls it under its lock, and the
-Redis bucket mirrors it in Lua.
+0.7**16. Buckets track the rounds; this module only does the arithmetic,
+with no clock and no I/O (the local bucket calls it under its lock).
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ class AdaptiveRate:
         beta: Multiplicative decrease on a throttle signal (AWS SDKs: 0.7).
         scale: CUBIC's scaling constant C, in tokens/s per s³ (AWS SDKs: 0.4);
             larger recovers faster.
+        headroom: The recovery target sits this fraction below the rate
+            that was throttled.
+        probe: Once the target is reached, the rate grows by this fraction
+            of the configured rate per second until the next throttle or
+            the configured rate.
         min_fraction: Floor of the effective rate, as a fraction of the
             configured rate.
         min_rate: Absolute floor in tokens/s (the higher floor wins).
@@ -47,6 +58,8 @@ class AdaptiveRate:
 
     beta: float = 0.7
     scale: float = 0.4
+    headroom: float = 0.02
+    probe: float = 0.002
     min_fraction: float = 0.05
     min_rate: float = 0.1
 
@@ -55,6 +68,10 @@ class AdaptiveRate:
         if beta >= 1:
             raise ValueError(f"beta must be in (0, 1), got {self.beta!r}")
         _checks.positive("scale", self.scale)
+        headroom = _checks.non_negative("headroom", self.headroom)
+        if headroom >= 1 - beta:
+            raise ValueError(f"headroom must be below 1 - beta ({1 - beta:g}), got {self.headroom!r}")
+        _checks.positive("probe", self.probe)
         fraction = _checks.positive("min_fraction", self.min_fraction)
         if fraction > 1:
             raise ValueError(f"min_fraction must be in (0, 1], got {self.min_fraction!r}")
@@ -67,14 +84,17 @@ class AdaptiveRate:
 
 @dataclasses.dataclass(frozen=True)
 class CubicState:
-    """Where the curve stands: the rate, its last peak, when it last fell."""
+    """Where the curve stands: the rate, its target, when it last fell."""
 
     #: The effective rate now, tokens/s.
     rate: float
-    #: The rate at the last decrease (CUBIC's W_max).
+    #: The recovery target (CUBIC's W_max, less the headroom).
     w_max: float
-    #: When the last decrease happened (bucket clock), or None before any.
+    #: When the last decrease happened (bucket clock), or None when the rate
+    #: is back at the configured rate.
     last_decrease: float | None = None
+    #: Seconds from the decrease until the curve reaches w_max.
+    k: float = 0.0
 
 
 #: Rate changes smaller than this fraction are not applied (nor reported):
@@ -84,23 +104,29 @@ MIN_CHANGE = 0.01
 
 def on_throttle(config: AdaptiveRate, state: CubicState, configured: float, now: float) -> CubicState:
     """The state after a throttle signal at ``now`` (one per round)."""
-    rate = max(config.floor(configured), state.rate * config.beta)
-    return CubicState(rate=rate, w_max=state.rate, last_decrease=now)
+    floor = config.floor(configured)
+    rate = max(floor, state.rate * config.beta)
+    w_max = max(rate, state.rate * (1 - config.headroom))
+    k = ((w_max - rate) / config.scale) ** (1 / 3)
+    return CubicState(rate=rate, w_max=w_max, last_decrease=now, k=k)
 
 
 def on_success(config: AdaptiveRate, state: CubicState, configured: float, now: float) -> CubicState:
     """The state after a successful answer at ``now``.
 
-    Once the curve reaches the configured rate the state forgets the last
+    Once the rate is back at the configured rate the state forgets the last
     decrease, so that successes cost nothing until the next throttle.
     """
     if state.last_decrease is None:
         return state
-    k = (state.w_max * (1 - config.beta) / config.scale) ** (1 / 3)
-    rate = config.scale * (now - state.last_decrease - k) ** 3 + state.w_max
+    t = now - state.last_decrease
+    if t < state.k:
+        rate = config.scale * (t - state.k) ** 3 + state.w_max
+    else:
+        rate = state.w_max + config.probe * configured * (t - state.k)
     if rate >= configured:
-        return CubicState(rate=configured, w_max=configured, last_decrease=None)
+        return CubicState(rate=configured, w_max=configured)
     rate = max(config.floor(configured), rate)
     if rate - state.rate < MIN_CHANGE * state.rate:
         return state
-    return CubicState(rate=rate, w_max=state.w_max, last_decrease=state.last_decrease)
+    return dataclasses.replace(state, rate=rate)

@@ -80,6 +80,9 @@ class RunResult:
     admitted_at: tuple[float, ...]
     #: When the client got each throttled answer (recipe run only), same clock.
     throttled_at: tuple[float, ...] = ()
+    #: (seconds since the run started, new rate) for each change of the
+    #: bucket's effective rate (interceptor run only).
+    rate_changes: tuple[tuple[float, float], ...] = ()
 
     @property
     def lost(self) -> int:
@@ -135,9 +138,20 @@ def run_demo(config: DemoConfig, *, out: TextIO, err: TextIO) -> list[RunResult]
                 return bool(reply.status.code == _SUCCESS)
 
             batch = _Batch("grpc-throttle", config, err, ours)
+            interceptor = client.interceptor_of(channel)
+            changes: list[tuple[float, float]] = []
+
+            def on_rate(event: Any) -> None:
+                changes.append((time.monotonic(), event.new_rate))
+
+            add_listener = getattr(interceptor.bucket, "add_listener", None)
+            if add_listener is not None:
+                add_listener(on_rate)
             batch.run()
-            retries = client.interceptor_of(channel).stats().retries
-        runs.append(_result(batch, emulator, user_key(f"Key {our_pat}"), retries, []))
+            retries = interceptor.stats().retries
+            if add_listener is not None:
+                interceptor.bucket.remove_listener(on_rate)  # type: ignore[attr-defined]
+        runs.append(_result(batch, emulator, user_key(f"Key {our_pat}"), retries, [], changes))
     print(format_table(runs, config), file=out, flush=True)
     return runs
 
@@ -181,7 +195,14 @@ def _header(config: DemoConfig) -> str:
     )
 
 
-def _result(batch: _Batch, emulator: Any, user: str, retries: int, throttled_at: list[float]) -> RunResult:
+def _result(
+    batch: _Batch,
+    emulator: Any,
+    user: str,
+    retries: int,
+    throttled_at: list[float],
+    rate_changes: list[tuple[float, float]] | None = None,
+) -> RunResult:
     _, throttled = emulator.counters().per_user.get(user, (0, 0))
     start = batch.start
     return RunResult(
@@ -194,6 +215,7 @@ def _result(batch: _Batch, emulator: Any, user: str, retries: int, throttled_at:
         latencies=tuple(batch.latencies),
         admitted_at=tuple(t - start for t in emulator.admission_times(user)),
         throttled_at=tuple(t - start for t in throttled_at),
+        rate_changes=tuple((t - start, rate) for t, rate in rate_changes or ()),
     )
 
 

@@ -53,6 +53,12 @@ def draw(path: str, runs: Sequence[RunResult], config: DemoConfig) -> None:
         if run.throttled_at:
             ax.stairs(_per_second(run.throttled_at, edges), edges, label="throttled answers", linestyle=":")
         ax.axhline(config.rate, color="black", linestyle="--", linewidth=1, label=f"quota {config.rate:g} req/s")
+        if run.name == "grpc-throttle":
+            # The bucket's effective rate: flat at the quota unless throttled
+            # answers made it adapt (see AdaptiveRate).
+            times = [0.0] + [t for t, _ in run.rate_changes] + [end]
+            rates = [config.rate] + [rate for _, rate in run.rate_changes]
+            ax.stairs(rates, times, color="tab:green", linewidth=1.2, label="effective rate (client)")
         title = f"{run.name}: {run.succeeded}/{run.calls} succeeded in {run.wall:.1f} s, {run.throttled} throttled"
         ax.set_title(title, fontsize=10, loc="left")
         ax.set_ylabel("requests/s")
