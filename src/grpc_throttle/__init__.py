@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from .buckets import AdaptiveRate, Reservation, TokenBucket
 from .errors import BucketUnavailableError, ThrottleError
 from .events import GaveUp, RateChanged, RetryScheduled
@@ -27,6 +29,7 @@ __all__ = [
     "BucketUnavailableError",
     "GaveUp",
     "RateChanged",
+    "RedisTokenBucket",
     "Reservation",
     "RetryBudget",
     "RetryPolicy",
@@ -40,3 +43,15 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .buckets.redis import RedisTokenBucket
+
+
+def __getattr__(name: str) -> Any:
+    # redis is an optional dependency (grpc-throttle[redis]): import on first use.
+    if name == "RedisTokenBucket":
+        from .buckets.redis import RedisTokenBucket
+
+        return RedisTokenBucket
+    raise AttributeError(f"module 'grpc_throttle' has no attribute {name!r}")

@@ -8,6 +8,20 @@ Example:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ..interceptors.aio import ThrottlingInterceptor
 
-__all__ = ["ThrottlingInterceptor"]
+__all__ = ["RedisTokenBucket", "ThrottlingInterceptor"]
+
+if TYPE_CHECKING:
+    from ..buckets.redis_aio import RedisTokenBucket
+
+
+def __getattr__(name: str) -> Any:
+    # redis is an optional dependency (grpc-throttle[redis]): import on first use.
+    if name == "RedisTokenBucket":
+        from ..buckets.redis_aio import RedisTokenBucket
+
+        return RedisTokenBucket
+    raise AttributeError(f"module 'grpc_throttle.aio' has no attribute {name!r}")

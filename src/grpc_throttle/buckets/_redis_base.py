@@ -1,0 +1,275 @@
+"""What the sync and asyncio Redis buckets share: everything but the I/O.
+
+The arguments sent to the scripts and the replies parsed, the lease pool, the
+failure policy and the reservations. ``redis.py`` and ``redis_aio.py`` only run
+the scripts, each in its own world.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .. import _checks
+from ..errors import BucketUnavailableError
+from ._breaker import Breaker
+from ._lease import LeasePool, Slot
+from ._redis_config import Settings
+from .local import Reservation, TokenBucket
+
+#: Extra tokens value meaning "the caller's deadline cannot be met".
+TOO_LATE = -1
+
+
+class RedisReservation:
+    """Tokens taken from a Redis bucket, usable after :attr:`delay` seconds.
+
+    :meth:`cancel` gives back the tokens no later reservation has overtaken.
+    """
+
+    __slots__ = ("_bucket", "_done", "_place", "_slot", "delay", "ready_at", "tokens")
+
+    def __init__(
+        self,
+        bucket: RedisBucketBase,
+        tokens: float,
+        delay: float,
+        ready_at: float,
+        place: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0),
+        slot: Slot | None = None,
+    ) -> None:
+        #: Tokens this reservation holds.
+        self.tokens = tokens
+        #: Seconds to wait, counted from the moment the reservation was made.
+        self.delay = delay
+        #: When the caller may go ahead, on the bucket's (local) clock.
+        self.ready_at = ready_at
+        self._bucket = bucket
+        self._done = False
+        #: A slot from the lease pool, or None for one reserved in Redis.
+        self._slot = slot
+        #: Its place in Redis's schedule: start, end, when due (microseconds), epoch.
+        self._place = place
+
+    def cancel(self) -> None:
+        """Give the tokens back if the reservation is not due yet (best effort, idempotent)."""
+        self._bucket._cancel(self)
+
+    def _cancel_args(self) -> list[str]:
+        """The cancel script's arguments."""
+        start, end, due, epoch = self._place
+        return [repr(start), repr(end), str(epoch), repr(due)]
+
+    def __repr__(self) -> str:
+        return f"<RedisReservation tokens={self.tokens:g} delay={self.delay:.6f}s>"
+
+
+class FreeReservation:
+    """What ``on_failure="allow"`` hands out while Redis is down: go ahead now."""
+
+    __slots__ = ("delay", "tokens")
+
+    def __init__(self, tokens: float) -> None:
+        self.tokens = tokens
+        self.delay = 0.0
+
+    def cancel(self) -> None:
+        """Nothing to give back."""
+
+
+class RedisBucketBase:
+    """State and logic shared by the sync and asyncio ``RedisTokenBucket``."""
+
+    _logger = logging.getLogger(__name__)
+
+    def __init__(self, settings: Settings, rate: float, clock: Callable[[], float]) -> None:
+        #: The configured rate, tokens per second (this process's).
+        self._rate = _checks.positive("rate", rate)
+        #: Fixed configuration.
+        self._settings = settings
+        #: The Redis key of the bucket's hash.
+        self._key = settings.redis_key
+        #: The rate and capacity as sent to the scripts.
+        self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
+        #: Monotonic clock in seconds (the breaker's and the lease's; never the schedule's).
+        self._clock = clock
+        #: Guards the lease pool, the pending rate and reservation flags.
+        self._lock = threading.Lock()
+        #: The rate in force as last seen in Redis.
+        self._effective_rate = self._rate
+        #: An effective rate still to be written to Redis (sent with the next call).
+        self._pending_eff: float | None = None
+        #: The fallback bucket for on_failure="local": local_share of the rate.
+        self._local = TokenBucket(self._rate * settings.local_share, settings.capacity, clock=clock)
+        #: Skips Redis while it is down.
+        self._breaker = Breaker(
+            f"Redis bucket {settings.redis_key!r}",
+            settings.cooldown,
+            clock,
+            self._logger,
+            settings.on_failure,
+        )
+        #: Leased slots, with lease > 1.
+        self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
+
+    @property
+    def rate(self) -> float:
+        """This process's configured rate; assigning it also resets the shared effective rate."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        value = _checks.positive("rate", value)
+        self._rate, self._rate_arg = value, repr(value)
+        self._local.rate = value * self._settings.local_share
+        self._set_pending(value)
+
+    @property
+    def effective_rate(self) -> float:
+        """The rate in force for every process on the key, as of the last Redis reply."""
+        return self._effective_rate
+
+    @property
+    def capacity(self) -> float:
+        """The most tokens the bucket holds (the largest burst)."""
+        return self._settings.capacity
+
+    @property
+    def key(self) -> str:
+        """The Redis key holding the bucket."""
+        return self._key
+
+    @property
+    def shared(self) -> bool:
+        """False while Redis is down and the failure policy is in force."""
+        return self._breaker.closed
+
+    def _set_pending(self, value: float) -> float:
+        value = min(_checks.positive("effective rate", value), self._rate)
+        with self._lock:
+            self._pending_eff = self._effective_rate = value
+            if self._pool is not None:
+                self._pool.clear()
+        self._local.set_effective_rate(value * self._settings.local_share)
+        return value
+
+    def _check(self, tokens: float, max_wait: float) -> tuple[float, float]:
+        if tokens != 1:
+            _checks.positive("tokens", tokens)
+            if tokens > self._settings.capacity:
+                raise ValueError(f"tokens must be <= capacity ({self._settings.capacity:g}), got {tokens!r}")
+        if max_wait != math.inf:
+            _checks.non_negative("max_wait", max_wait)
+        return float(tokens), float(max_wait)
+
+    def _take_leased(self, tokens: float, max_wait: float) -> tuple[RedisReservation | None, int]:
+        """A reservation from the lease pool, else how many extra tokens to lease."""
+        if self._pool is None or tokens != 1:
+            return None, 0
+        with self._lock:
+            now = self._clock()
+            slot = self._pool.take(now, max_wait)
+            if slot is None:
+                return None, TOO_LATE if self._pool.too_late(now, max_wait) else self._pool.extra()
+        delay = max(slot.ready - now, 0.0)
+        return RedisReservation(self, 1.0, delay, now + delay, slot=slot), 0
+
+    def _reserve_args(self, tokens: float, max_wait: float, extra: int) -> list[str]:
+        eff = self._pending_eff
+        return [
+            self._rate_arg,
+            self._capacity_arg,
+            "1" if tokens == 1 else repr(tokens),
+            "-1" if max_wait == math.inf else repr(max_wait * 1e6),
+            str(extra),
+            "" if eff is None else repr(eff),
+        ]
+
+    def _accept(self, reply: Any, args: list[str], extra: int) -> RedisReservation | None:
+        """The reserve script's reply (``granted wait start iv epoch start-now``) as a reservation."""
+        received = self._clock()
+        granted, wait_us, start_us, iv_us, epoch, ahead_us = reply.split()  # bytes or str
+        interval = float(iv_us)
+        self._effective_rate = 1e6 / interval
+        if args[5]:
+            with self._lock:
+                if self._pending_eff == float(args[5]):
+                    self._pending_eff = None
+        if int(granted) != 1:
+            return None
+        start, wait = float(start_us), float(wait_us)
+        now = start - float(ahead_us)
+        if self._pool is not None:  # also when extra == 0: the pool learns the rate
+            self._lease(self._pool, received, start, now, interval, extra)
+        tokens = float(args[2])
+        place = (start, start + tokens * interval, now + wait, int(epoch))
+        return RedisReservation(self, tokens, wait / 1e6, received + wait / 1e6, place)
+
+    def _lease(self, pool: LeasePool, received: float, start: float, now: float, interval: float, extra: int) -> None:
+        """Pool the ``extra`` slots taken after the caller's own (Redis times in microseconds)."""
+        span, cap = pool.limit * interval / 1e6, self._settings.capacity
+        ready = [received + max(start + (2 + k - cap) * interval - now, 0.0) / 1e6 for k in range(extra)]
+        with self._lock:
+            pool.fill([Slot(r, r + span) for r in ready], interval / 1e6)
+
+    def _accept_rate(self, reply: Any, sent: float) -> None:
+        with self._lock:
+            self._effective_rate = float(reply[0])
+            if self._pending_eff == sent:
+                self._pending_eff = None
+
+    def _fallback(self, tokens: float, max_wait: float) -> Reservation | FreeReservation | None:
+        if self._settings.on_failure == "fail":
+            raise self._unavailable()
+        if self._settings.on_failure == "allow":
+            return FreeReservation(tokens)
+        return self._local.reserve(tokens, max_wait=max_wait)
+
+    def _fallback_level(self) -> float:
+        if self._settings.on_failure == "fail":
+            raise self._unavailable()
+        return self._local.available() if self._settings.on_failure == "local" else self.capacity
+
+    def _unavailable(self) -> BucketUnavailableError:
+        return BucketUnavailableError(
+            f"Redis bucket {self.key!r} is unavailable "
+            f"({self._breaker.last_error or 'breaker open'}) and on_failure='fail'"
+        )
+
+    def _store_error(self, error: Exception, key_type: str | None) -> BucketUnavailableError:
+        if key_type and key_type not in ("hash", "none"):
+            return BucketUnavailableError(
+                f"Redis key {self.key!r} holds a {key_type}, not a grpc-throttle bucket (a hash): "
+                "delete it or choose another key"
+            )
+        return BucketUnavailableError(f"Redis refused the bucket script for {self.key!r}: {error}")
+
+    def _mark_done(self, reservation: RedisReservation) -> bool:
+        """Flag a reservation cancelled; True when Redis must still be told.
+
+        Not when it was cancelled already, came from the lease pool (the slot
+        goes back to the pool) or is due (the caller may have acted on it).
+        """
+        with self._lock:
+            if reservation._done:
+                return False
+            reservation._done = True
+            if reservation._slot is not None and self._pool is not None:
+                self._pool.put_back(reservation._slot, self._clock())
+                return False
+        return reservation.ready_at > self._clock()
+
+    def _cancel(self, reservation: RedisReservation) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        name = type(self).__name__
+        state = "shared" if self.shared else f"down, on_failure={self._settings.on_failure!r}"
+        lease = f" lease={self._settings.lease}" if self._pool is not None else ""
+        return (
+            f"<{name} key={self.key!r} rate={self._effective_rate:g}/{self._rate:g}/s "
+            f"capacity={self.capacity:g}{lease} {state}>"
+        )

@@ -1,0 +1,286 @@
+"""A token bucket kept in Redis: one schedule for every process and host on a key.
+
+A quota is per user, not per process: four workers each pacing themselves at
+15 calls/s send 60. A :class:`RedisTokenBucket` keeps the bucket's one number
+(see ``_gcra``) in Redis and updates it with an atomic Lua script on Redis's
+own clock, so every process and host on the key shares one FIFO schedule.
+``grpc_throttle.buckets.redis_aio`` holds the same class for ``redis.asyncio``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..errors import BucketUnavailableError
+from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
+from ._redis_config import (
+    SCRIPTS,
+    SHAS,
+    FailurePolicy,
+    Settings,
+    hashed_key,
+    is_outage,
+    pool_kwargs,
+    redact_url,
+)
+from .local import Reservation
+
+__all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
+
+_logger = logging.getLogger(__name__)
+#: Returned by _run when Redis could not be used.
+_DOWN: Any = object()
+
+
+class RedisTokenBucket(RedisBucketBase):
+    """A token bucket shared through Redis by every process and host using ``key``.
+
+    The same contract as :class:`~grpc_throttle.buckets.TokenBucket`: tokens
+    refill at ``rate`` up to ``capacity``; :meth:`reserve` never blocks on the
+    schedule, it takes its place in one round trip and says how long to wait.
+    Reservations are served FIFO by the time they were made, on Redis's clock
+    (``TIME``), so hosts whose clocks disagree still share one schedule.
+
+    State is one hash per key (``grpc-throttle:<key>``) holding the schedule,
+    the shared effective rate and an epoch; it expires on its own once idle.
+    Every process on a key should use the same rate and capacity. Needs Redis
+    >= 6: the scripts read ``TIME`` and then write, which Redis < 5 replicates
+    only after ``redis.replicate_commands()``.
+
+    When Redis is unreachable, or slower than ``timeout``, ``on_failure`` says
+    what happens; a circuit breaker then keeps calls away from Redis for
+    ``cooldown`` seconds, lets one probe through, and goes back to the shared
+    bucket by itself when Redis answers again:
+
+    * ``"local"`` (default): pace with a local bucket at ``local_share`` of
+      the rate. Processes cannot coordinate without Redis, so each takes a
+      share: the default 1/4 keeps up to four processes inside the quota; set
+      it to ``1/number_of_processes``. Slower beats being throttled by the
+      server, and the interceptor still retries what gets throttled.
+    * ``"allow"``: let every call through unpaced (the server's own limits and
+      the retry policy still apply).
+    * ``"fail"``: raise :class:`~grpc_throttle.errors.BucketUnavailableError`.
+
+    A key holding another Redis type, or Redis refusing the script (ACL, wrong
+    password), is a setup mistake rather than an outage: it raises
+    ``BucketUnavailableError`` whatever the policy.
+
+    Args:
+        client: A ``redis.Redis``. The bucket uses its connection settings with
+            its own pool, ``timeout`` and no retries; the client is unchanged.
+        key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
+            derive it from a token: key names are visible to anyone who can
+            list keys.
+        rate: Tokens added per second, for all processes together.
+        capacity: The most tokens held (the largest burst). Defaults to 1.
+        on_failure: ``"local"``, ``"allow"`` or ``"fail"`` (see above).
+        local_share: The share of ``rate`` the local fallback bucket gets.
+        timeout: Seconds a Redis call may take before it counts as down.
+        cooldown: Seconds to stay away from Redis after a failure.
+        lease: With ``lease > 1``, a process calling faster than half the
+            shared rate takes up to ``lease`` slots of the schedule per round
+            trip and hands them out locally. The rate still holds; a leased
+            token expires ``lease`` intervals after it became due.
+        clock: Monotonic clock for the breaker and the lease; the schedule
+            itself runs on Redis's clock.
+
+    Example:
+        >>> bucket = RedisTokenBucket(redis.Redis(), key="team-a", rate=15)
+        >>> reservation = bucket.reserve()
+        >>> time.sleep(reservation.delay)
+    """
+
+    _logger = _logger
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        key: str,
+        rate: float,
+        capacity: float | None = None,
+        on_failure: FailurePolicy = "local",
+        local_share: float = 0.25,
+        timeout: float = 0.05,
+        cooldown: float = 2.0,
+        lease: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(client, redis.Redis):
+            hint = (
+                "; use grpc_throttle.buckets.redis_aio.RedisTokenBucket for redis.asyncio"
+                if isinstance(client, redis.asyncio.Redis)
+                else ""
+            )
+            raise ValueError(f"client must be a redis.Redis, got {type(client).__name__}{hint}")
+        capacity = 1.0 if capacity is None else capacity
+        settings = Settings(
+            key=key,
+            capacity=capacity,
+            on_failure=on_failure,
+            local_share=local_share,
+            timeout=timeout,
+            cooldown=cooldown,
+            lease=lease,
+        )
+        super().__init__(settings, rate, clock)
+        pool = client.connection_pool
+        kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
+        #: The bucket's own client: the caller's settings, the bucket's timeout.
+        self._redis = redis.Redis(
+            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
+        """A bucket on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        Args:
+            url: Where Redis is, e.g. ``redis://:password@host:6379/0``.
+            **kwargs: The constructor's keyword arguments.
+
+        Raises:
+            ValueError: ``url`` is not a valid Redis URL (the message hides
+                any password), or another argument is wrong.
+        """
+        if not isinstance(url, str):
+            raise ValueError(f"url must be a str, got {type(url).__name__}")
+        try:
+            client = redis.Redis.from_url(url)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {error}") from None
+        return cls(client, **kwargs)
+
+    # -- taking tokens ---------------------------------------------------
+
+    def reserve(
+        self, tokens: float = 1, *, max_wait: float = math.inf
+    ) -> RedisReservation | Reservation | FreeReservation | None:
+        """Take ``tokens`` in one round trip, without waiting for them.
+
+        Args:
+            tokens: How many tokens to take, at most :attr:`capacity`.
+            max_wait: The longest wait the caller accepts, in seconds. When the
+                wait would be longer, nothing is taken and ``None`` returned.
+
+        Returns:
+            A reservation whose ``delay`` says how long to wait, or ``None``.
+            While Redis is down, what ``on_failure`` gives.
+
+        Raises:
+            ValueError: ``tokens`` or ``max_wait`` is out of range.
+            BucketUnavailableError: Redis is down and ``on_failure="fail"``,
+                or the key is unusable (e.g. it holds a list).
+        """
+        tokens, max_wait = self._check(tokens, max_wait)
+        extra = 0
+        if self._pool is not None:
+            leased, extra = self._take_leased(tokens, max_wait)
+            if leased is not None or extra == TOO_LATE:
+                return leased
+        args = self._reserve_args(tokens, max_wait, extra)
+        reply = self._run("reserve", args)
+        if reply is _DOWN:
+            return self._fallback(tokens, max_wait)
+        return self._accept(reply, args, extra)
+
+    def try_acquire(self, tokens: float = 1) -> bool:
+        """Take ``tokens`` if they are available right now; never waits."""
+        return self.reserve(tokens, max_wait=0.0) is not None
+
+    def acquire(self, tokens: float = 1, *, timeout: float | None = None) -> bool:
+        """Block the calling thread until ``tokens`` are taken.
+
+        Returns:
+            True once taken; False (nothing taken) when the wait would be
+            longer than ``timeout`` seconds.
+        """
+        reservation = self.reserve(tokens, max_wait=math.inf if timeout is None else timeout)
+        if reservation is None:
+            return False
+        if reservation.delay > 0:
+            time.sleep(reservation.delay)
+        return True
+
+    def available(self) -> float:
+        """Tokens that could be taken now without waiting (negative when queued)."""
+        reply = self._run("state", [self._rate_arg, self._capacity_arg])
+        if reply is _DOWN:
+            return self._fallback_level()
+        self._effective_rate = float(reply[1])
+        return float(reply[0])
+
+    def set_effective_rate(self, value: float) -> None:
+        """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).
+
+        Used by rate adaptation; :attr:`rate` is unchanged. While Redis is
+        down the value applies to the fallback and is written on the next
+        successful call.
+        """
+        value = self._set_pending(value)
+        args = [self._rate_arg, repr(value), self._capacity_arg]
+        reply = self._run("set_rate", args)
+        if reply is _DOWN:
+            if self._settings.on_failure == "fail":
+                raise self._unavailable()
+            return
+        self._accept_rate(reply, value)
+
+    def close(self) -> None:
+        """Close the bucket's connections (the client passed in is not touched)."""
+        self._redis.connection_pool.disconnect()
+
+    # -- Redis -----------------------------------------------------------
+
+    def _run(self, name: str, args: list[str]) -> Any:
+        """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
+        if not self._breaker.allow():
+            return _DOWN
+        try:
+            reply = self._eval(name, args)
+        except redis.RedisError as error:
+            if is_outage(error):
+                self._breaker.failed(error)
+                return _DOWN
+            self._breaker.succeeded()
+            raise self._store_error(error, self._key_type()) from None
+        except OSError as error:
+            self._breaker.failed(error)
+            return _DOWN
+        except BaseException:  # cancelled, interrupted, or a bug: no verdict on Redis
+            self._breaker.abandoned()
+            raise
+        self._breaker.succeeded()
+        return reply
+
+    def _eval(self, name: str, args: list[str]) -> Any:
+        # EVALSHA straight away (redis-py's Script objects add ~10% per call),
+        # loading the script when Redis does not know it (first use, SCRIPT FLUSH).
+        try:
+            return self._redis.evalsha(SHAS[name], 1, self._key, *args)
+        except redis.exceptions.NoScriptError:
+            self._redis.script_load(SCRIPTS[name])
+            return self._redis.evalsha(SHAS[name], 1, self._key, *args)
+
+    def _key_type(self) -> str | None:
+        try:
+            kind = self._redis.type(self.key)
+        except redis.RedisError:
+            return None
+        return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+    def _cancel(self, reservation: RedisReservation) -> None:
+        if not self._mark_done(reservation):
+            return
+        try:
+            self._run("cancel", reservation._cancel_args())
+        except BucketUnavailableError as error:  # best effort: the tokens expire anyway
+            _logger.debug("cancel on %r failed: %s", self.key, error)

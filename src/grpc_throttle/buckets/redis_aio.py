@@ -1,0 +1,279 @@
+"""The Redis token bucket for asyncio: ``redis.py``'s class over ``redis.asyncio``.
+
+Same name, same arguments, same behaviour; the methods that talk to Redis are
+coroutines. A reservation's ``cancel()`` stays a plain method: it schedules the
+Redis update as a task (:meth:`RedisTokenBucket.aclose` waits for those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from ..errors import BucketUnavailableError
+from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
+from ._redis_config import (
+    SCRIPTS,
+    SHAS,
+    FailurePolicy,
+    Settings,
+    hashed_key,
+    is_outage,
+    pool_kwargs,
+    redact_url,
+)
+from .local import Reservation
+
+__all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
+
+_logger = logging.getLogger(__name__)
+#: Returned by _run when Redis could not be used.
+_DOWN: Any = object()
+
+
+class RedisTokenBucket(RedisBucketBase):
+    """A token bucket shared through Redis by every process and host using ``key``.
+
+    The asyncio twin of :class:`grpc_throttle.buckets.redis.RedisTokenBucket`
+    (both can share one key): the same arguments and behaviour, including the
+    failure policies described there. The methods that talk to Redis are
+    coroutines, and :meth:`aclose` replaces ``close``.
+
+    Args:
+        client: A ``redis.asyncio.Redis``. The bucket uses its connection
+            settings with its own pool, ``timeout`` and no retries; the client
+            is unchanged.
+        key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
+            derive it from a token: key names are visible to anyone who can
+            list keys.
+        rate: Tokens added per second, for all processes together.
+        capacity: The most tokens held (the largest burst). Defaults to 1.
+        on_failure: ``"local"``, ``"allow"`` or ``"fail"``.
+        local_share: The share of ``rate`` the local fallback bucket gets.
+        timeout: Seconds a Redis call may take before it counts as down.
+        cooldown: Seconds to stay away from Redis after a failure.
+        lease: With ``lease > 1``, a process calling faster than half the
+            shared rate takes up to ``lease`` slots of the schedule per round
+            trip and hands them out locally. The rate still holds; a leased
+            token expires ``lease`` intervals after it became due.
+        clock: Monotonic clock for the breaker and the lease; the schedule
+            itself runs on Redis's clock.
+
+    Example:
+        >>> bucket = RedisTokenBucket(redis.asyncio.Redis(), key="team-a", rate=15)
+        >>> reservation = await bucket.reserve()
+        >>> await asyncio.sleep(reservation.delay)
+    """
+
+    _logger = _logger
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        key: str,
+        rate: float,
+        capacity: float | None = None,
+        on_failure: FailurePolicy = "local",
+        local_share: float = 0.25,
+        timeout: float = 0.05,
+        cooldown: float = 2.0,
+        lease: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(client, aioredis.Redis):
+            hint = (
+                "; use grpc_throttle.buckets.redis.RedisTokenBucket for a sync client"
+                if isinstance(client, redis.Redis)
+                else ""
+            )
+            raise ValueError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}{hint}")
+        capacity = 1.0 if capacity is None else capacity
+        settings = Settings(
+            key=key,
+            capacity=capacity,
+            on_failure=on_failure,
+            local_share=local_share,
+            timeout=timeout,
+            cooldown=cooldown,
+            lease=lease,
+        )
+        super().__init__(settings, rate, clock)
+        pool = client.connection_pool
+        kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
+        #: The bucket's own client: the caller's settings, the bucket's timeout.
+        self._redis = aioredis.Redis(
+            connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+        #: Cancellations in flight; held so they are not garbage-collected.
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
+        """A bucket on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+
+        Args:
+            url: Where Redis is, e.g. ``redis://:password@host:6379/0``.
+            **kwargs: The constructor's keyword arguments.
+
+        Raises:
+            ValueError: ``url`` is not a valid Redis URL (the message hides
+                any password), or another argument is wrong.
+        """
+        if not isinstance(url, str):
+            raise ValueError(f"url must be a str, got {type(url).__name__}")
+        try:
+            client = aioredis.Redis.from_url(url)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {error}") from None
+        return cls(client, **kwargs)
+
+    # -- taking tokens ---------------------------------------------------
+
+    async def reserve(
+        self, tokens: float = 1, *, max_wait: float = math.inf
+    ) -> RedisReservation | Reservation | FreeReservation | None:
+        """Take ``tokens`` in one round trip, without waiting for them.
+
+        Args:
+            tokens: How many tokens to take, at most :attr:`capacity`.
+            max_wait: The longest wait the caller accepts, in seconds. When the
+                wait would be longer, nothing is taken and ``None`` returned.
+
+        Returns:
+            A reservation whose ``delay`` says how long to wait, or ``None``.
+            While Redis is down, what ``on_failure`` gives.
+
+        Raises:
+            ValueError: ``tokens`` or ``max_wait`` is out of range.
+            BucketUnavailableError: Redis is down and ``on_failure="fail"``,
+                or the key is unusable (e.g. it holds a list).
+        """
+        tokens, max_wait = self._check(tokens, max_wait)
+        extra = 0
+        if self._pool is not None:
+            leased, extra = self._take_leased(tokens, max_wait)
+            if leased is not None or extra == TOO_LATE:
+                return leased
+        args = self._reserve_args(tokens, max_wait, extra)
+        reply = await self._run("reserve", args)
+        if reply is _DOWN:
+            return self._fallback(tokens, max_wait)
+        return self._accept(reply, args, extra)
+
+    async def try_acquire(self, tokens: float = 1) -> bool:
+        """Take ``tokens`` if they are available right now; never waits."""
+        return await self.reserve(tokens, max_wait=0.0) is not None
+
+    async def acquire(self, tokens: float = 1, *, timeout: float | None = None) -> bool:
+        """Wait (asynchronously) until ``tokens`` are taken.
+
+        Returns:
+            True once taken; False (nothing taken) when the wait would be
+            longer than ``timeout`` seconds.
+        """
+        reservation = await self.reserve(tokens, max_wait=math.inf if timeout is None else timeout)
+        if reservation is None:
+            return False
+        if reservation.delay > 0:
+            await asyncio.sleep(reservation.delay)
+        return True
+
+    async def available(self) -> float:
+        """Tokens that could be taken now without waiting (negative when queued)."""
+        reply = await self._run("state", [self._rate_arg, self._capacity_arg])
+        if reply is _DOWN:
+            return self._fallback_level()
+        self._effective_rate = float(reply[1])
+        return float(reply[0])
+
+    async def set_effective_rate(self, value: float) -> None:
+        """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).
+
+        Used by rate adaptation; :attr:`rate` is unchanged. While Redis is
+        down the value applies to the fallback and is written on the next
+        successful call.
+        """
+        value = self._set_pending(value)
+        args = [self._rate_arg, repr(value), self._capacity_arg]
+        reply = await self._run("set_rate", args)
+        if reply is _DOWN:
+            if self._settings.on_failure == "fail":
+                raise self._unavailable()
+            return
+        self._accept_rate(reply, value)
+
+    async def aclose(self) -> None:
+        """Wait for pending cancellations, then close the bucket's connections.
+
+        The client passed in is not touched.
+        """
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
+
+    # -- Redis -----------------------------------------------------------
+
+    async def _run(self, name: str, args: list[str]) -> Any:
+        """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
+        if not self._breaker.allow():
+            return _DOWN
+        try:
+            reply = await self._eval(name, args)
+        except redis.RedisError as error:
+            if is_outage(error):
+                self._breaker.failed(error)
+                return _DOWN
+            self._breaker.succeeded()
+            raise self._store_error(error, await self._key_type()) from None
+        except (OSError, asyncio.TimeoutError) as error:  # distinct classes on Python 3.10
+            self._breaker.failed(error)
+            return _DOWN
+        except BaseException:  # cancelled, interrupted, or a bug: no verdict on Redis
+            self._breaker.abandoned()
+            raise
+        self._breaker.succeeded()
+        return reply
+
+    async def _eval(self, name: str, args: list[str]) -> Any:
+        # EVALSHA straight away (redis-py's Script objects add ~10% per call),
+        # loading the script when Redis does not know it (first use, SCRIPT FLUSH).
+        try:
+            return await self._redis.evalsha(SHAS[name], 1, self._key, *args)
+        except redis.exceptions.NoScriptError:
+            await self._redis.script_load(SCRIPTS[name])
+            return await self._redis.evalsha(SHAS[name], 1, self._key, *args)
+
+    async def _key_type(self) -> str | None:
+        try:
+            kind = await self._redis.type(self.key)
+        except redis.RedisError:
+            return None
+        return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+    def _cancel(self, reservation: RedisReservation) -> None:
+        if not self._mark_done(reservation):
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(self._cancel_remote(reservation))
+        except RuntimeError:  # no loop: nothing to run the update; the tokens expire anyway
+            _logger.debug("cancel on %r outside an event loop: dropped", self.key)
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_remote(self, reservation: RedisReservation) -> None:
+        try:
+            await self._run("cancel", reservation._cancel_args())
+        except BucketUnavailableError as error:  # best effort: the tokens expire anyway
+            _logger.debug("cancel on %r failed: %s", self.key, error)

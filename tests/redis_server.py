@@ -1,0 +1,130 @@
+"""A throwaway ``redis-server`` for tests and benchmarks: no persistence, loopback only.
+
+Example:
+    >>> with RedisServer() as server:
+    ...     url = server.url  # redis://127.0.0.1:<free port>/0
+    ...     server.stop()     # Redis "goes down"
+    ...     server.start()    # and comes back on the same port
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from types import TracebackType
+
+__all__ = ["RedisServer", "redis_server_binary"]
+
+
+def redis_server_binary() -> str | None:
+    """Path of ``redis-server`` on PATH, or None."""
+    return shutil.which("redis-server")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """One ``redis-server`` process on a free loopback port, restartable on that port.
+
+    Args:
+        binary: Path of ``redis-server``; found on PATH by default.
+        startup_timeout: Seconds to wait for the server to answer PING.
+    """
+
+    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0) -> None:
+        found = binary or redis_server_binary()
+        if found is None:
+            raise FileNotFoundError("redis-server is not on PATH")
+        self.binary = found
+        self.startup_timeout = startup_timeout
+        self.port = _free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="grpc-throttle-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the server (on the same port as before) and wait until it answers PING."""
+        if self.running:
+            return
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
+        args += ["--daemonize", "no", "--loglevel", "warning"]
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while time.monotonic() < deadline and self._process.poll() is None:
+                if self.ping():
+                    return
+                time.sleep(0.02)
+            self.stop()
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"redis-server did not answer PING on port {self.port}")
+            time.sleep(0.1)  # the port may still be held by the previous process: retry
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGCONT)  # in case it was paused
+            process.terminate()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._process is not None:
+            os.kill(self._process.pid, signal.SIGCONT)
+
+    def ping(self, timeout: float = 0.2) -> bool:
+        """True when the server answers PING (raw RESP, no client library)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        self.stop()
+        self._dir.cleanup()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
