@@ -29,7 +29,7 @@ from ..buckets import Bucket, BucketReservation
 from ..events import GaveUp, emit
 from . import _bases, _timers
 from ._attempts import CallDetails, CallState, Settings
-from ._local_error import LocalRpcError
+from ._finished import LocalRpcError
 
 __all__ = ["ThrottledCall", "deadline_error"]
 

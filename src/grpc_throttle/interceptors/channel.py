@@ -19,9 +19,9 @@ from typing import Any
 
 import grpc
 
-from . import _bases
 from ._attempts import CallDetails
 from ._call import ThrottledCall, deadline_error
+from ._finished import Outcome
 from .sync import ThrottlingInterceptor
 
 __all__ = ["ThrottledChannel"]
@@ -114,59 +114,6 @@ class ThrottledChannel(grpc.Channel):
         return f"<ThrottledChannel {self._interceptor!r}>"
 
 
-class _Outcome(grpc.Call, _bases.Future):
-    """A finished successful attempt, shaped like grpc's own outcome."""
-
-    def __init__(self, response: Any, call: Any) -> None:
-        self._response = response
-        self._call = call
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self._response
-
-    def exception(self, timeout: float | None = None) -> None:
-        return None
-
-    def traceback(self, timeout: float | None = None) -> None:
-        return None
-
-    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
-        fn(self)
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def running(self) -> bool:
-        return False
-
-    def done(self) -> bool:
-        return True
-
-    def initial_metadata(self) -> Any:
-        return self._call.initial_metadata() if self._call is not None else ()
-
-    def trailing_metadata(self) -> Any:
-        return self._call.trailing_metadata() if self._call is not None else ()
-
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.OK
-
-    def details(self) -> str:
-        return self._call.details() if self._call is not None else ""
-
-    def is_active(self) -> bool:
-        return False
-
-    def time_remaining(self) -> None:  # type: ignore[override]
-        return None
-
-    def add_callback(self, callback: Callable[[], None]) -> bool:
-        return False
-
-
 class _UnaryUnary:
     __slots__ = ("_inner", "_interceptor", "_method")
 
@@ -203,7 +150,7 @@ class _UnaryUnary:
                 settings.on_answer(False, getattr(reservation, "round", 0))
                 return response
             # __call__ gives no trailers: a pushback on an OK answer is not seen here.
-            outcome = _Outcome(response, None)
+            outcome = Outcome(response, None)
         remaining = None if timeout is None else timeout - (settings.clock() - started)
         return (
             self._call(request, remaining, kwargs, tokens)
@@ -236,7 +183,7 @@ class _UnaryUnary:
                 response, call = inner.with_call(request, timeout=details.timeout, **_call_kwargs(details))
             except grpc.RpcError as error:
                 return error  # grpc's errors are finished Calls and Futures
-            return _Outcome(response, call)
+            return Outcome(response, call)
 
         details = CallDetails(self._method, timeout, *_details_tail(kwargs))
         return ThrottledCall(
