@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpc_throttle import TokenBucket
+from grpc_throttle.buckets import _gcra
 
 
 def make(rate: float = 10, capacity: float | None = None) -> tuple[TokenBucket, VirtualClock]:
@@ -197,6 +198,32 @@ def test_no_window_ever_admits_more_than_capacity_plus_rate_times_its_length(
         for end, tokens in admitted[i:]:
             total += tokens
             assert total <= capacity + rate * (end - start) + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(min_value=0.5, max_value=100),
+    capacity=st.integers(min_value=1, max_value=5),
+    steps=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=1), st.sampled_from([1, 1, 2]), st.floats(0, 2)), max_size=40
+    ),
+)
+def test_the_buckets_inlined_hot_path_agrees_with_the_pure_arithmetic(
+    rate: float, capacity: int, steps: list[tuple[float, int, float]]
+) -> None:
+    # reserve() writes _gcra.reserve out for speed: the two must never differ.
+    bucket, clock = make(rate=rate, capacity=capacity)
+    tat = -math.inf
+    for advance, tokens, max_wait in steps:
+        clock.advance(advance)
+        tokens = min(tokens, capacity)
+        expected = _gcra.reserve(tat, clock.now, 1 / rate, capacity, tokens, max_wait)
+        got = bucket.reserve(tokens, max_wait=max_wait)
+        if expected is None:
+            assert got is None
+            continue
+        tat, _, wait = expected
+        assert got is not None and got.delay == pytest.approx(wait, abs=1e-9)
 
 
 def test_many_threads_share_one_bucket_without_losing_or_inventing_tokens() -> None:

@@ -90,6 +90,8 @@ class ThrottlePolicy:
             return _ask(self.response_predicate, response, "response_predicate")
         if not self.status_codes:
             return False
+        if not _may_have_status(type(response)):
+            return False
         status = getattr(response, "status", None)
         code = getattr(status, "code", None)
         return isinstance(code, int) and code in self.status_codes
@@ -158,6 +160,20 @@ def _retry_info_delay(blob: Any) -> float | None:
     except Exception:  # a malformed status is no instruction
         _log.debug("grpc-throttle: could not read grpc-status-details-bin", exc_info=True)
     return None
+
+
+_STATUS_FIELD: dict[type, bool] = {}
+
+
+def _may_have_status(kind: type) -> bool:
+    # On a protobuf message without a ``status`` field, getattr costs ~1 µs
+    # (protobuf raises AttributeError inside); the answer per type is cached.
+    known = _STATUS_FIELD.get(kind)
+    if known is None:
+        descriptor = getattr(kind, "DESCRIPTOR", None)
+        fields = getattr(descriptor, "fields_by_name", None)
+        known = _STATUS_FIELD[kind] = True if fields is None else "status" in fields
+    return known
 
 
 def _ask(predicate: Callable[[Any], bool], value: Any, name: str) -> bool:

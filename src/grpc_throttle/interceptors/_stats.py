@@ -51,6 +51,13 @@ class StatsRecorder:
         with self._lock:
             self._counts[name] += amount
 
+    def count(self, first: str, second: str) -> None:
+        """Add one to two counters under one lock (the fast path's call + attempt)."""
+        with self._lock:
+            counts = self._counts
+            counts[first] += 1
+            counts[second] += 1
+
     def snapshot(self, bucket: Any, budget: Any) -> Stats:
         rate: Any = getattr(bucket, "effective_rate", None)
         if rate is None:

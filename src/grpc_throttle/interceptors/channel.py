@@ -137,8 +137,7 @@ class _UnaryUnary:
         if reservation.delay > 0:
             return self._call(request, timeout, kwargs, tokens).resume(reservation).result()
         # The common case: a free token and a final answer, with no extra objects.
-        stats.add("calls")
-        stats.add("attempts")
+        stats.count("calls", "attempts")
         try:
             response = self._inner(request, timeout=timeout, **kwargs)
         except grpc.RpcError as error:
