@@ -119,3 +119,23 @@ def test_repr_is_short_and_readable() -> None:
     assert repr(ThrottlePolicy()) == "ThrottlePolicy(status_codes={11005})"
     opted = ThrottlePolicy(grpc_codes={grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
     assert repr(opted) == "ThrottlePolicy(status_codes={11005}, grpc_codes={RESOURCE_EXHAUSTED, UNAVAILABLE})"
+
+
+def test_a_body_that_raises_on_access_is_not_a_throttle_signal() -> None:
+    class Broken:
+        @property
+        def status(self) -> object:
+            raise ValueError("cannot decode")
+
+    assert not ThrottlePolicy().response_throttled(Broken())
+
+
+def test_a_client_side_message_size_error_is_never_retried() -> None:
+    class Error(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        def details(self) -> str:
+            return "Received message larger than max (5000000 vs. 4194304)"
+
+    assert not ThrottlePolicy(grpc_codes={grpc.StatusCode.RESOURCE_EXHAUSTED}).error_throttled(Error())

@@ -30,8 +30,9 @@ PUSHBACK_KEY = "grpc-retry-pushback-ms"
 #: The trailer carrying a serialized google.rpc.Status (and its RetryInfo).
 _STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
-#: gRPC codes a user may opt into retrying; others never are, as retrying them
-#: could run a non-idempotent call twice after the server acted on it.
+#: gRPC codes a user may opt into retrying: the two a rate limiter answers
+#: with. Others never are; even these may follow a call the server ran
+#: (UNAVAILABLE on a connection lost mid-call), hence opt-in only.
 _RETRYABLE_GRPC_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
@@ -45,7 +46,9 @@ class ThrottlePolicy:
         grpc_codes: gRPC status codes to treat as throttled. Empty by default:
             a gRPC error is handed back after one attempt, as without the
             interceptor. Opt in with ``{grpc.StatusCode.RESOURCE_EXHAUSTED}`` or
-            ``UNAVAILABLE`` (only those two are accepted).
+            ``UNAVAILABLE`` (only those two are accepted) only for methods
+            that are safe to repeat: UNAVAILABLE can also mean the connection
+            broke after the server ran the call.
         response_predicate: Replaces the ``status_codes`` check: called with
             each response message, returns True when it is throttled.
         error_predicate: Replaces the ``grpc_codes`` check: called with each
@@ -92,9 +95,12 @@ class ThrottlePolicy:
             return False
         if not _may_have_status(type(response)):
             return False
-        status = getattr(response, "status", None)
-        code = getattr(status, "code", None)
-        return isinstance(code, int) and code in self.status_codes
+        try:
+            code = getattr(getattr(response, "status", None), "code", None)
+        except Exception:  # a body that breaks on access is no throttle signal
+            _log.debug("grpc-throttle: reading status.code raised; treating the answer as final", exc_info=True)
+            return False
+        return isinstance(code, int) and not isinstance(code, bool) and code in self.status_codes
 
     def error_throttled(self, error: grpc.RpcError) -> bool:
         """True when a gRPC error is one the user opted to retry."""
@@ -104,7 +110,13 @@ class ThrottlePolicy:
             return False
         code = getattr(error, "code", None)
         try:
-            return callable(code) and code() in self.grpc_codes
+            status = code() if callable(code) else None
+            if status not in self.grpc_codes:
+                return False
+            # grpc itself reports RESOURCE_EXHAUSTED when an answer exceeds the
+            # client's own size limit: the server ran the call, so no retry.
+            details = error.details() if hasattr(error, "details") else ""
+            return not (isinstance(details, str) and details.startswith("Received message larger than max"))
         except Exception:  # a broken error object is not a throttle signal
             return False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 import threading
 import time
@@ -16,6 +17,9 @@ __all__ = ["Reservation", "TokenBucket"]
 
 _EPSILON = _gcra.EPSILON
 _new = object.__new__
+#: Rate changes remembered for cancellations (adaptation changes the rate in
+#: steps of >= 1 %, so this covers minutes of recovery).
+_RESCALES = 256
 
 
 class Reservation:
@@ -119,8 +123,11 @@ class TokenBucket:
         self._capacity = capacity
         #: Theoretical arrival time (see _gcra): when the bucket is full again.
         self._tat = -math.inf
-        #: Bumped on every rate change; older reservations can no longer cancel.
+        #: Rate changes so far, and the last _RESCALES of them as (when, old
+        #: interval, new interval): a reservation made before a rate change is
+        #: carried into the new scale when it is cancelled.
         self._epoch = 0
+        self._rescales: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=_RESCALES)
         #: Cancelled reservations not at the tail yet: their end tat -> their start.
         self._holes: dict[float, float] = {}
         #: Rate adaptation: its settings, the curve's state, and the round
@@ -225,11 +232,18 @@ class TokenBucket:
 
     def _set_effective_locked(self, value: float) -> None:
         new_interval = 1.0 / value
-        if new_interval != self._interval:
-            self._tat = _gcra.rescale(self._tat, self._clock(), self._interval, new_interval)
+        old_interval = self._interval
+        if new_interval != old_interval:
+            now = self._clock()
+            rescale = _gcra.rescale
+            self._tat = rescale(self._tat, now, old_interval, new_interval)
+            self._holes = {
+                rescale(end, now, old_interval, new_interval): rescale(start, now, old_interval, new_interval)
+                for end, start in self._holes.items()
+            }
+            self._rescales.append((now, old_interval, new_interval))
             self._interval = new_interval
             self._epoch += 1
-            self._holes.clear()
         self._effective_rate = value
 
     @property
@@ -345,18 +359,26 @@ class TokenBucket:
         # without letting a later caller overtake one that is already queued;
         # earlier ones are remembered and given back once the tail reaches them.
         with self._lock:
-            if reservation._epoch != self._epoch:
-                return
+            behind = self._epoch - reservation._epoch
+            if reservation._epoch < 0 or behind > len(self._rescales):
+                return  # cancelled already, or older than the rate changes kept
             reservation._epoch = -1  # a second cancel does nothing
-            end = reservation._tat
             if reservation.ready_at <= self._clock():
                 return
+            end, start = reservation._tat, reservation._start
+            if behind:
+                # Carry the slot through every rate change since, exactly as
+                # the bucket's own state was carried (same arithmetic, so the
+                # tail comparison below stays exact).
+                for when, old, new in list(self._rescales)[len(self._rescales) - behind :]:
+                    end = _gcra.rescale(end, when, old, new)
+                    start = _gcra.rescale(start, when, old, new)
             if end != self._tat:
-                self._holes[end] = reservation._start
+                self._holes[end] = start
                 return
-            self._tat = reservation._start
-            while (start := self._holes.pop(self._tat, None)) is not None:
-                self._tat = start
+            self._tat = start
+            while self._tat in self._holes:
+                self._tat = self._holes.pop(self._tat)
 
     def __repr__(self) -> str:
         return (

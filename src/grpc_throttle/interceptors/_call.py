@@ -167,6 +167,16 @@ class ThrottledCall(grpc.Call, _bases.Future):
         inner.add_done_callback(self._on_attempt_done)
 
     def _on_attempt_done(self, inner: Any) -> None:
+        # Runs on grpc's callback thread for .future(): anything raised here
+        # would be logged by grpc and the call would never finish. Whatever
+        # goes wrong (a user hook, a bucket), the call ends with that error.
+        try:
+            self._after_attempt(inner)
+        except Exception as error:
+            _log.exception("grpc-throttle: handling an answer to %s failed", _name(self._details.method))
+            self._finish(None, error, inner)
+
+    def _after_attempt(self, inner: Any) -> None:
         if self._done:
             return
         try:
