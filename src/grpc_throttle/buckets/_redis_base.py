@@ -1,8 +1,9 @@
 """What the sync and asyncio Redis buckets share: everything but the I/O.
 
 The arguments sent to the scripts and the replies parsed, the lease pool, the
-failure policy and the reservations. ``redis.py`` and ``redis_aio.py`` only run
-the scripts, each in its own world.
+failure policy, the reservations and this process's copy of the key's shared
+rate adaptation (``_redis_adapt``). ``redis.py`` and ``redis_aio.py`` only run
+the scripts (over ``_redis_wire``), each in its own world.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import _checks
 from ..errors import BucketUnavailableError
 from ._breaker import Breaker
+from ._cubic import AdaptiveRate
 from ._lease import LeasePool, Slot
+from ._redis_adapt import SharedAdaptation, SharedCurve
 from ._redis_config import Settings
 from .local import Reservation, TokenBucket
 
@@ -30,7 +33,7 @@ class RedisReservation:
     :meth:`cancel` gives back the tokens no later reservation has overtaken.
     """
 
-    __slots__ = ("_bucket", "_done", "_place", "_slot", "delay", "ready_at", "tokens")
+    __slots__ = ("_bucket", "_done", "_place", "_slot", "delay", "ready_at", "round", "tokens")
 
     def __init__(
         self,
@@ -40,6 +43,7 @@ class RedisReservation:
         ready_at: float,
         place: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0),
         slot: Slot | None = None,
+        round: int = 0,
     ) -> None:
         #: Tokens this reservation holds.
         self.tokens = tokens
@@ -47,6 +51,8 @@ class RedisReservation:
         self.delay = delay
         #: When the caller may go ahead, on the bucket's (local) clock.
         self.ready_at = ready_at
+        #: The key's adaptation round when this was made (see record_throttle).
+        self.round = round
         self._bucket = bucket
         self._done = False
         #: A slot from the lease pool, or None for one reserved in Redis.
@@ -80,12 +86,16 @@ class FreeReservation:
         """Nothing to give back."""
 
 
-class RedisBucketBase:
+class RedisBucketBase(SharedAdaptation):
     """State and logic shared by the sync and asyncio ``RedisTokenBucket``."""
 
     _logger = logging.getLogger(__name__)
 
-    def __init__(self, settings: Settings, rate: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, settings: Settings, rate: float, clock: Callable[[], float], adaptive: AdaptiveRate | None
+    ) -> None:
+        if adaptive is not None and not isinstance(adaptive, AdaptiveRate):
+            raise ValueError(f"adaptive must be an AdaptiveRate or None, got {adaptive!r}")
         #: The configured rate, tokens per second (this process's).
         self._rate = _checks.positive("rate", rate)
         #: Fixed configuration.
@@ -94,16 +104,22 @@ class RedisBucketBase:
         self._key = settings.redis_key
         #: The rate and capacity as sent to the scripts.
         self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
+        #: The reserve script's arguments in the common case (one token, no limit,
+        #: no lease, no pending rate), encoded once: each argument sent costs client time.
+        self._plain_args = (self._rate_arg.encode(), self._capacity_arg.encode())
         #: Monotonic clock in seconds (the breaker's and the lease's; never the schedule's).
         self._clock = clock
-        #: Guards the lease pool, the pending rate and reservation flags.
+        #: Guards the lease pool, the pending rate, the shared curve and reservation flags.
         self._lock = threading.Lock()
-        #: The rate in force as last seen in Redis.
-        self._effective_rate = self._rate
+        #: The rate in force and the adaptation curve, as last seen in Redis.
+        self._view = SharedCurve(adaptive, self._rate, self._lock)
         #: An effective rate still to be written to Redis (sent with the next call).
         self._pending_eff: float | None = None
-        #: The fallback bucket for on_failure="local": local_share of the rate.
-        self._local = TokenBucket(self._rate * settings.local_share, settings.capacity, clock=clock)
+        #: The fallback bucket for on_failure="local": local_share of the rate and of the burst
+        #: (processes falling back together must not burst capacity each); it adapts on its own.
+        share = settings.local_share
+        local_capacity = max(1.0, settings.capacity * share)
+        self._local = TokenBucket(self._rate * share, local_capacity, adaptive=adaptive, clock=clock)
         #: Skips Redis while it is down.
         self._breaker = Breaker(
             f"Redis bucket {settings.redis_key!r}",
@@ -124,13 +140,14 @@ class RedisBucketBase:
     def rate(self, value: float) -> None:
         value = _checks.positive("rate", value)
         self._rate, self._rate_arg = value, repr(value)
+        self._plain_args = (self._rate_arg.encode(), self._capacity_arg.encode())
         self._local.rate = value * self._settings.local_share
-        self._set_pending(value)
+        self._set_pending(value, "configured")
 
     @property
     def effective_rate(self) -> float:
         """The rate in force for every process on the key, as of the last Redis reply."""
-        return self._effective_rate
+        return self._view.rate
 
     @property
     def capacity(self) -> float:
@@ -147,13 +164,32 @@ class RedisBucketBase:
         """False while Redis is down and the failure policy is in force."""
         return self._breaker.closed
 
-    def _set_pending(self, value: float) -> float:
+    def _take_report(self, reply: Any, sent: float | None = None) -> None:
+        """Take in a ``now iv rd [since k wm]`` reply; ``sent`` is the pending rate it carried."""
+        received = self._clock()
+        now, iv, *tail = reply.split()
+        self._observe(float(now), received, float(iv), tail, sent)
+
+    def _observe(self, now: float, received: float, iv: float, tail: list[Any], sent: float | None) -> None:
+        with self._lock:
+            if sent is not None and self._pending_eff == sent:
+                self._pending_eff = None
+            if self._pending_eff is not None:  # a rate set here has not reached Redis yet
+                return
+            old = self._view.observe(now, received, iv, tail)
+            if old is not None and self._view.rate < old and self._pool is not None:
+                self._pool.clear()  # slots cut at the faster rate
+        self._view.notify(old)
+
+    def _set_pending(self, value: float, reason: str | None = None) -> float:
         value = min(_checks.positive("effective rate", value), self._rate)
         with self._lock:
-            self._pending_eff = self._effective_rate = value
+            self._pending_eff = value
+            old = self._view.set(value)
             if self._pool is not None:
                 self._pool.clear()
         self._local.set_effective_rate(value * self._settings.local_share)
+        self._view.notify(old, reason)
         return value
 
     def _check(self, tokens: float, max_wait: float) -> tuple[float, float]:
@@ -175,10 +211,12 @@ class RedisBucketBase:
             if slot is None:
                 return None, TOO_LATE if self._pool.too_late(now, max_wait) else self._pool.extra()
         delay = max(slot.ready - now, 0.0)
-        return RedisReservation(self, 1.0, delay, now + delay, slot=slot), 0
+        return RedisReservation(self, 1.0, delay, now + delay, slot=slot, round=self._view.round), 0
 
-    def _reserve_args(self, tokens: float, max_wait: float, extra: int) -> list[str]:
+    def _reserve_args(self, tokens: float, max_wait: float, extra: int) -> Sequence[str | bytes]:
         eff = self._pending_eff
+        if tokens == 1 and max_wait == math.inf and not extra and eff is None:
+            return self._plain_args
         return [
             self._rate_arg,
             self._capacity_arg,
@@ -188,25 +226,22 @@ class RedisBucketBase:
             "" if eff is None else repr(eff),
         ]
 
-    def _accept(self, reply: Any, args: list[str], extra: int) -> RedisReservation | None:
-        """The reserve script's reply (``granted wait start iv epoch start-now``) as a reservation."""
+    def _accept(self, reply: Any, args: Sequence[str | bytes], extra: int) -> RedisReservation | None:
+        """The reserve script's reply (``granted wait start iv epoch start-now [rd ...]``) as a reservation."""
         received = self._clock()
-        granted, wait_us, start_us, iv_us, epoch, ahead_us = reply.split()  # bytes or str
-        interval = float(iv_us)
-        self._effective_rate = 1e6 / interval
-        if args[5]:
-            with self._lock:
-                if self._pending_eff == float(args[5]):
-                    self._pending_eff = None
+        granted, wait_us, start_us, iv_us, epoch, ahead_us, *tail = reply.split()  # bytes or str
+        interval, start = float(iv_us), float(start_us)
+        now = start - float(ahead_us)
+        self._observe(now, received, interval, tail, float(args[5]) if len(args) > 5 and args[5] else None)
         if int(granted) != 1:
             return None
-        start, wait = float(start_us), float(wait_us)
-        now = start - float(ahead_us)
+        wait = float(wait_us)
         if self._pool is not None:  # also when extra == 0: the pool learns the rate
             self._lease(self._pool, received, start, now, interval, extra)
-        tokens = float(args[2])
+        tokens = float(args[2]) if len(args) > 2 else 1.0
         place = (start, start + tokens * interval, now + wait, int(epoch))
-        return RedisReservation(self, tokens, wait / 1e6, received + wait / 1e6, place)
+        round = int(tail[0]) if tail else 0
+        return RedisReservation(self, tokens, wait / 1e6, received + wait / 1e6, place, round=round)
 
     def _lease(self, pool: LeasePool, received: float, start: float, now: float, interval: float, extra: int) -> None:
         """Pool the ``extra`` slots taken after the caller's own (Redis times in microseconds)."""
@@ -215,18 +250,12 @@ class RedisBucketBase:
         with self._lock:
             pool.fill([Slot(r, r + span) for r in ready], interval / 1e6)
 
-    def _accept_rate(self, reply: Any, sent: float) -> None:
-        with self._lock:
-            self._effective_rate = float(reply[0])
-            if self._pending_eff == sent:
-                self._pending_eff = None
-
     def _fallback(self, tokens: float, max_wait: float) -> Reservation | FreeReservation | None:
         if self._settings.on_failure == "fail":
             raise self._unavailable()
         if self._settings.on_failure == "allow":
             return FreeReservation(tokens)
-        return self._local.reserve(tokens, max_wait=max_wait)
+        return self._local.reserve(min(tokens, self._local.capacity), max_wait=max_wait)
 
     def _fallback_level(self) -> float:
         if self._settings.on_failure == "fail":
@@ -270,6 +299,6 @@ class RedisBucketBase:
         state = "shared" if self.shared else f"down, on_failure={self._settings.on_failure!r}"
         lease = f" lease={self._settings.lease}" if self._pool is not None else ""
         return (
-            f"<{name} key={self.key!r} rate={self._effective_rate:g}/{self._rate:g}/s "
+            f"<{name} key={self.key!r} rate={self._view.rate:g}/{self._rate:g}/s "
             f"capacity={self.capacity:g}{lease} {state}>"
         )

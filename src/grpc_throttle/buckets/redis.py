@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -20,10 +20,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import BucketUnavailableError
+from ._cubic import AdaptiveRate
+from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
 from ._redis_config import (
-    SCRIPTS,
-    SHAS,
     FailurePolicy,
     Settings,
     hashed_key,
@@ -31,6 +31,7 @@ from ._redis_config import (
     pool_kwargs,
     redact_url,
 )
+from ._redis_wire import Wire
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -38,6 +39,8 @@ __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
 _logger = logging.getLogger(__name__)
 #: Returned by _run when Redis could not be used.
 _DOWN: Any = object()
+#: Script loads tried before the call is left to fail (see _eval).
+_LOAD_TRIES = 3
 
 
 class RedisTokenBucket(RedisBucketBase):
@@ -55,16 +58,23 @@ class RedisTokenBucket(RedisBucketBase):
     >= 6: the scripts read ``TIME`` and then write, which Redis < 5 replicates
     only after ``redis.replicate_commands()``.
 
+    The rate adapts to throttled answers as ``TokenBucket``'s does (CUBIC,
+    see :class:`~grpc_throttle.AdaptiveRate`), with the curve kept in the key's
+    hash and moved on Redis's clock: a throttle signal reported through
+    :meth:`record_throttle` by any process slows every process on the key, one
+    decrease per round across all of them, and recovery is shared too.
+
     When Redis is unreachable, or slower than ``timeout``, ``on_failure`` says
     what happens; a circuit breaker then keeps calls away from Redis for
     ``cooldown`` seconds, lets one probe through, and goes back to the shared
     bucket by itself when Redis answers again:
 
     * ``"local"`` (default): pace with a local bucket at ``local_share`` of
-      the rate. Processes cannot coordinate without Redis, so each takes a
-      share: the default 1/4 keeps up to four processes inside the quota; set
-      it to ``1/number_of_processes``. Slower beats being throttled by the
-      server, and the interceptor still retries what gets throttled.
+      the rate and of the capacity. Processes cannot coordinate without
+      Redis, so each takes a share: the default 1/4 keeps up to four
+      processes inside the quota; set it to ``1/number_of_processes``. Slower
+      beats being throttled by the server, and the interceptor still retries
+      what gets throttled. The fallback adapts to throttle signals on its own.
     * ``"allow"``: let every call through unpaced (the server's own limits and
       the retry policy still apply).
     * ``"fail"``: raise :class:`~grpc_throttle.errors.BucketUnavailableError`.
@@ -82,15 +92,20 @@ class RedisTokenBucket(RedisBucketBase):
         rate: Tokens added per second, for all processes together.
         capacity: The most tokens held (the largest burst). Defaults to 1.
         on_failure: ``"local"``, ``"allow"`` or ``"fail"`` (see above).
-        local_share: The share of ``rate`` the local fallback bucket gets.
+        local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
+            the local fallback bucket gets.
         timeout: Seconds a Redis call may take before it counts as down.
         cooldown: Seconds to stay away from Redis after a failure.
         lease: With ``lease > 1``, a process calling faster than half the
             shared rate takes up to ``lease`` slots of the schedule per round
             trip and hands them out locally. The rate still holds; a leased
             token expires ``lease`` intervals after it became due.
-        clock: Monotonic clock for the breaker and the lease; the schedule
-            itself runs on Redis's clock.
+        adaptive: How the shared rate adapts to throttle signals (see
+            :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
+            none (it still follows the rate others set). Every process on a
+            key should pass the same.
+        clock: Monotonic clock for the breaker, the lease and the local copy
+            of the adaptation curve; the schedule itself runs on Redis's clock.
 
     Example:
         >>> bucket = RedisTokenBucket(redis.Redis(), key="team-a", rate=15)
@@ -112,6 +127,7 @@ class RedisTokenBucket(RedisBucketBase):
         timeout: float = 0.05,
         cooldown: float = 2.0,
         lease: int = 1,
+        adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(client, redis.Redis):
@@ -131,13 +147,15 @@ class RedisTokenBucket(RedisBucketBase):
             cooldown=cooldown,
             lease=lease,
         )
-        super().__init__(settings, rate, clock)
+        super().__init__(settings, rate, clock, adaptive)
         pool = client.connection_pool
         kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
         #: The bucket's own client: the caller's settings, the bucket's timeout.
         self._redis = redis.Redis(
             connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         )
+        #: Runs the scripts on that client's pool (see _redis_wire).
+        self._wire = Wire(self._redis.connection_pool, self._key)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
@@ -215,15 +233,16 @@ class RedisTokenBucket(RedisBucketBase):
         reply = self._run("state", [self._rate_arg, self._capacity_arg])
         if reply is _DOWN:
             return self._fallback_level()
-        self._effective_rate = float(reply[1])
+        self._take_report(reply[1])
         return float(reply[0])
 
     def set_effective_rate(self, value: float) -> None:
         """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).
 
-        Used by rate adaptation; :attr:`rate` is unchanged. While Redis is
-        down the value applies to the fallback and is written on the next
-        successful call.
+        :attr:`rate` is unchanged. The value holds until changed: successes
+        do not recover from it (``TokenBucket``'s do), a throttle signal lowers
+        it further. While Redis is down the value applies to the fallback and
+        is written on the next successful call.
         """
         value = self._set_pending(value)
         args = [self._rate_arg, repr(value), self._capacity_arg]
@@ -232,7 +251,42 @@ class RedisTokenBucket(RedisBucketBase):
             if self._settings.on_failure == "fail":
                 raise self._unavailable()
             return
-        self._accept_rate(reply, value)
+        self._take_report(reply, value)
+
+    # -- adaptation ------------------------------------------------------
+
+    def record_throttle(self, round: int) -> None:
+        """Report a throttled answer to an attempt whose reservation had ``round``.
+
+        Lowers the rate of every process on the key (``beta``), unless a
+        signal of the same round was counted already, by any process: calls
+        sent together are throttled together, and that is one signal. A round
+        older than the last reply's costs no round trip. While Redis is down
+        the fallback bucket adapts instead (``on_failure="local"``).
+        """
+        args = self._throttle_args(round)
+        if args is None:
+            return
+        reply = None
+        try:
+            reply = self._run_quietly("throttle", args)
+        finally:
+            self._adapted(reply, round)
+
+    def record_success(self) -> None:
+        """Report an answer that was not throttled: the shared rate recovers toward ``rate``.
+
+        Free (no lock, no round trip) while the rate is at the configured
+        rate, and while the next step of the curve would be under 1%.
+        """
+        args = self._recovery_args()
+        if args is None:
+            return
+        reply = None
+        try:
+            reply = self._run_quietly("recover", args)
+        finally:
+            self._adapted(reply, None)
 
     def close(self) -> None:
         """Close the bucket's connections (the client passed in is not touched)."""
@@ -240,7 +294,7 @@ class RedisTokenBucket(RedisBucketBase):
 
     # -- Redis -----------------------------------------------------------
 
-    def _run(self, name: str, args: list[str]) -> Any:
+    def _run(self, name: str, args: Sequence[str | bytes]) -> Any:
         """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
         if not self._breaker.allow():
             return _DOWN
@@ -261,14 +315,26 @@ class RedisTokenBucket(RedisBucketBase):
         self._breaker.succeeded()
         return reply
 
-    def _eval(self, name: str, args: list[str]) -> Any:
-        # EVALSHA straight away (redis-py's Script objects add ~10% per call),
-        # loading the script when Redis does not know it (first use, SCRIPT FLUSH).
+    def _run_quietly(self, name: str, args: list[str]) -> Any:
+        """Run an adaptation script: None when Redis is down or refuses it (logged)."""
         try:
-            return self._redis.evalsha(SHAS[name], 1, self._key, *args)
-        except redis.exceptions.NoScriptError:
-            self._redis.script_load(SCRIPTS[name])
-            return self._redis.evalsha(SHAS[name], 1, self._key, *args)
+            reply = self._run(name, args)
+        except BucketUnavailableError as error:
+            _logger.debug("%s on %r failed: %s", name, self.key, error)
+            return None
+        return None if reply is _DOWN else reply
+
+    def _eval(self, name: str, args: Sequence[str | bytes]) -> Any:
+        # EVALSHA straight away on the wire (redis-py's per-command layer costs
+        # about as much as the round trip), loading the script when Redis does
+        # not know it (first use, SCRIPT FLUSH; another flush may come between
+        # the load and the call, hence a few tries).
+        for _ in range(_LOAD_TRIES):
+            try:
+                return self._wire.evalsha(SHAS[name], args)
+            except redis.exceptions.NoScriptError:
+                self._redis.script_load(SCRIPTS[name])
+        return self._wire.evalsha(SHAS[name], args)
 
     def _key_type(self) -> str | None:
         try:

@@ -1,8 +1,10 @@
 """The Redis token bucket for asyncio: ``redis.py``'s class over ``redis.asyncio``.
 
 Same name, same arguments, same behaviour; the methods that talk to Redis are
-coroutines. A reservation's ``cancel()`` stays a plain method: it schedules the
-Redis update as a task (:meth:`RedisTokenBucket.aclose` waits for those).
+coroutines. A reservation's ``cancel()``, ``record_throttle()`` and
+``record_success()`` stay plain methods (the interceptors call them from sync
+code): they schedule the Redis update as a task (:meth:`RedisTokenBucket.aclose`
+waits for those).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -20,10 +22,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import BucketUnavailableError
+from ._cubic import AdaptiveRate
+from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
 from ._redis_config import (
-    SCRIPTS,
-    SHAS,
     FailurePolicy,
     Settings,
     hashed_key,
@@ -31,6 +33,7 @@ from ._redis_config import (
     pool_kwargs,
     redact_url,
 )
+from ._redis_wire import AsyncWire
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -38,6 +41,8 @@ __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
 _logger = logging.getLogger(__name__)
 #: Returned by _run when Redis could not be used.
 _DOWN: Any = object()
+#: Script loads tried before the call is left to fail (see _eval).
+_LOAD_TRIES = 3
 
 
 class RedisTokenBucket(RedisBucketBase):
@@ -45,8 +50,10 @@ class RedisTokenBucket(RedisBucketBase):
 
     The asyncio twin of :class:`grpc_throttle.buckets.redis.RedisTokenBucket`
     (both can share one key): the same arguments and behaviour, including the
-    failure policies described there. The methods that talk to Redis are
-    coroutines, and :meth:`aclose` replaces ``close``.
+    failure policies and the shared rate adaptation described there. The
+    methods that talk to Redis are coroutines, except :meth:`record_throttle`
+    and :meth:`record_success`, which schedule their update as a task; and
+    :meth:`aclose` replaces ``close``.
 
     Args:
         client: A ``redis.asyncio.Redis``. The bucket uses its connection
@@ -58,15 +65,19 @@ class RedisTokenBucket(RedisBucketBase):
         rate: Tokens added per second, for all processes together.
         capacity: The most tokens held (the largest burst). Defaults to 1.
         on_failure: ``"local"``, ``"allow"`` or ``"fail"``.
-        local_share: The share of ``rate`` the local fallback bucket gets.
+        local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
+            the local fallback bucket gets.
         timeout: Seconds a Redis call may take before it counts as down.
         cooldown: Seconds to stay away from Redis after a failure.
         lease: With ``lease > 1``, a process calling faster than half the
             shared rate takes up to ``lease`` slots of the schedule per round
             trip and hands them out locally. The rate still holds; a leased
             token expires ``lease`` intervals after it became due.
-        clock: Monotonic clock for the breaker and the lease; the schedule
-            itself runs on Redis's clock.
+        adaptive: How the shared rate adapts to throttle signals (see
+            :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
+            none (it still follows the rate others set).
+        clock: Monotonic clock for the breaker, the lease and the local copy
+            of the adaptation curve; the schedule itself runs on Redis's clock.
 
     Example:
         >>> bucket = RedisTokenBucket(redis.asyncio.Redis(), key="team-a", rate=15)
@@ -88,6 +99,7 @@ class RedisTokenBucket(RedisBucketBase):
         timeout: float = 0.05,
         cooldown: float = 2.0,
         lease: int = 1,
+        adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(client, aioredis.Redis):
@@ -107,14 +119,16 @@ class RedisTokenBucket(RedisBucketBase):
             cooldown=cooldown,
             lease=lease,
         )
-        super().__init__(settings, rate, clock)
+        super().__init__(settings, rate, clock, adaptive)
         pool = client.connection_pool
         kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
         #: The bucket's own client: the caller's settings, the bucket's timeout.
         self._redis = aioredis.Redis(
             connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         )
-        #: Cancellations in flight; held so they are not garbage-collected.
+        #: Runs the scripts on that client's pool (see _redis_wire).
+        self._wire = AsyncWire(self._redis.connection_pool, self._key)
+        #: Cancellations and adaptation updates in flight; held so they are not garbage-collected.
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
@@ -193,15 +207,16 @@ class RedisTokenBucket(RedisBucketBase):
         reply = await self._run("state", [self._rate_arg, self._capacity_arg])
         if reply is _DOWN:
             return self._fallback_level()
-        self._effective_rate = float(reply[1])
+        self._take_report(reply[1])
         return float(reply[0])
 
     async def set_effective_rate(self, value: float) -> None:
         """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).
 
-        Used by rate adaptation; :attr:`rate` is unchanged. While Redis is
-        down the value applies to the fallback and is written on the next
-        successful call.
+        :attr:`rate` is unchanged. The value holds until changed: successes
+        do not recover from it (``TokenBucket``'s do), a throttle signal lowers
+        it further. While Redis is down the value applies to the fallback and
+        is written on the next successful call.
         """
         value = self._set_pending(value)
         args = [self._rate_arg, repr(value), self._capacity_arg]
@@ -210,7 +225,53 @@ class RedisTokenBucket(RedisBucketBase):
             if self._settings.on_failure == "fail":
                 raise self._unavailable()
             return
-        self._accept_rate(reply, value)
+        self._take_report(reply, value)
+
+    # -- adaptation: plain methods, the update runs as a task ---------------
+
+    def record_throttle(self, round: int) -> None:
+        """Report a throttled answer to an attempt whose reservation had ``round``.
+
+        Lowers the rate of every process on the key (``beta``), unless a
+        signal of the same round was counted already, by any process. Returns
+        at once: the update runs as a task on the running loop (dropped
+        outside one). While Redis is down the fallback bucket adapts instead.
+        """
+        args = self._throttle_args(round)
+        if args is not None:
+            self._spawn("throttle", args, round)
+
+    def record_success(self) -> None:
+        """Report an answer that was not throttled: the shared rate recovers toward ``rate``.
+
+        Free (no lock, no task) while the rate is at the configured rate, and
+        while the next step of the curve would be under 1%.
+        """
+        args = self._recovery_args()
+        if args is not None:
+            self._spawn("recover", args, None)
+
+    async def _adapt_remote(self, name: str, args: list[str], round: int | None) -> None:
+        reply = None
+        try:
+            reply = await self._run(name, args)
+        except BucketUnavailableError as error:
+            _logger.debug("%s on %r failed: %s", name, self.key, error)
+        finally:
+            self._adapted(None if reply is _DOWN else reply, round)
+
+    def _spawn(self, name: str, args: list[str], round: int | None) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(self._adapt_remote(name, args, round))
+        except RuntimeError:  # no loop to run the update: drop the signal
+            if round is None:
+                self._view.end_recovery()
+            else:
+                self._view.end_throttle(round)
+            _logger.debug("%s on %r outside an event loop: dropped", name, self.key)
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         """Wait for pending cancellations, then close the bucket's connections.
@@ -224,7 +285,7 @@ class RedisTokenBucket(RedisBucketBase):
 
     # -- Redis -----------------------------------------------------------
 
-    async def _run(self, name: str, args: list[str]) -> Any:
+    async def _run(self, name: str, args: Sequence[str | bytes]) -> Any:
         """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
         if not self._breaker.allow():
             return _DOWN
@@ -245,14 +306,17 @@ class RedisTokenBucket(RedisBucketBase):
         self._breaker.succeeded()
         return reply
 
-    async def _eval(self, name: str, args: list[str]) -> Any:
-        # EVALSHA straight away (redis-py's Script objects add ~10% per call),
-        # loading the script when Redis does not know it (first use, SCRIPT FLUSH).
-        try:
-            return await self._redis.evalsha(SHAS[name], 1, self._key, *args)
-        except redis.exceptions.NoScriptError:
-            await self._redis.script_load(SCRIPTS[name])
-            return await self._redis.evalsha(SHAS[name], 1, self._key, *args)
+    async def _eval(self, name: str, args: Sequence[str | bytes]) -> Any:
+        # EVALSHA straight away on the wire (redis-py's per-command layer costs
+        # about as much as the round trip), loading the script when Redis does
+        # not know it (first use, SCRIPT FLUSH; another flush may come between
+        # the load and the call, hence a few tries).
+        for _ in range(_LOAD_TRIES):
+            try:
+                return await self._wire.evalsha(SHAS[name], args)
+            except redis.exceptions.NoScriptError:
+                await self._redis.script_load(SCRIPTS[name])
+        return await self._wire.evalsha(SHAS[name], args)
 
     async def _key_type(self) -> str | None:
         try:

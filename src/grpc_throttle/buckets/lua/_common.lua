@@ -6,6 +6,11 @@
 --   eff  the shared effective rate (tokens/s), absent until someone sets it
 --   ep   epoch, bumped whenever iv changes so older reservations cannot cancel
 --   exp  when the key expires (microseconds), so that most writes skip PEXPIRE
+-- and the shared rate adaptation (_cubic.py), absent until the first change:
+--   rd   the round, bumped on every decrease (one decrease per round)
+--   wm   the recovery target (CUBIC's w_max), tokens/s
+--   ld   when the last decrease happened (microseconds); '' once recovered
+--   k    seconds from that decrease until the curve reaches wm
 --
 -- Time is Redis's own TIME, so hosts whose clocks disagree share one schedule.
 -- On Redis < 5 a script that calls TIME and then writes needs
@@ -24,46 +29,70 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Load the bucket at the rate in force: the caller's configured rate, capped by
--- the shared effective rate. A change of rate carries the token level over.
-local function load(key, now, rate, new_eff)
-  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp')
-  local s = {tat = tonumber(st[1]) or now, eff = tonumber(st[3]), ep = tonumber(st[4]) or 0}
-  s.exp = tonumber(st[5])
-  if new_eff then
-    s.eff = new_eff
-    s.rate_changed = true
-  end
+-- Put the rate in force (the caller's configured rate, capped by the shared
+-- effective rate) into s.iv. A change of rate carries the token level over.
+local function retime(s, now, rate)
   local r = rate
   if s.eff and s.eff < r then
     r = s.eff
   end
-  s.iv = 1e6 / r
-  local old_iv = tonumber(st[2])
-  if old_iv ~= s.iv then
-    if old_iv and s.tat > now then
-      s.tat = now + (s.tat - now) * s.iv / old_iv
+  local iv = 1e6 / r
+  if iv ~= s.iv then
+    if s.iv and s.tat > now then
+      s.tat = now + (s.tat - now) * iv / s.iv
     end
+    s.iv = iv
     s.ep = s.ep + 1
     s.rate_changed = true
   end
+end
+
+-- Load the bucket at the rate in force. An effective rate set explicitly
+-- (new_eff) holds until changed: set again, or lowered by a throttle signal.
+local function load(key, now, rate, new_eff)
+  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k')
+  local s = {tat = tonumber(st[1]) or now, iv = tonumber(st[2]), eff = tonumber(st[3]), ep = tonumber(st[4]) or 0}
+  s.exp, s.rd, s.wm, s.ld, s.k = tonumber(st[5]), tonumber(st[6]), tonumber(st[7]), tonumber(st[8]), tonumber(st[9])
+  if new_eff then
+    s.eff = new_eff
+    s.rate_changed = true
+    if s.ld then -- no recovery from a rate set on purpose
+      s.ld = nil
+      s.curve_changed = true
+    end
+  end
+  retime(s, now, rate)
   return s
 end
 
--- Write the bucket back (only tat unless the rate changed). The key must live
--- for twice its refill time past tat, plus a minute so that a shared effective
--- rate outlives short pauses; 'exp' remembers the expiry set, which is pushed
--- a minute further only when it falls short, so most writes skip PEXPIRE.
+-- Write the bucket back (only tat unless the rate or the curve changed). The
+-- key must live for twice its refill time past tat, plus a minute so that a
+-- shared effective rate outlives short pauses; 'exp' remembers the expiry set,
+-- which is pushed a minute further only when it falls short, so most writes
+-- skip PEXPIRE.
 local function store(key, s, now, capacity)
+  local needed = math.max(s.tat, now) + 2 * capacity * s.iv + 60e6
+  if not (s.rate_changed or s.curve_changed) and s.exp and s.exp >= needed then
+    redis.call('HSET', key, 'tat', fmt(s.tat)) -- the common case: nothing else to write
+    return
+  end
   local fields = {'tat', fmt(s.tat)}
-  if s.rate_changed then
+  if s.rate_changed or s.curve_changed then
     fields = {'tat', fmt(s.tat), 'iv', fmt(s.iv), 'ep', fmt(s.ep)}
     if s.eff then
       fields[#fields + 1] = 'eff'
       fields[#fields + 1] = fmt(s.eff)
     end
+    if s.curve_changed then
+      local ld = ''
+      if s.ld then
+        ld = fmt(s.ld)
+      end
+      for _, v in ipairs({'rd', fmt(s.rd or 0), 'wm', fmt(s.wm or s.eff), 'ld', ld, 'k', fmt(s.k or 0)}) do
+        fields[#fields + 1] = v
+      end
+    end
   end
-  local needed = math.max(s.tat, now) + 2 * capacity * s.iv + 60e6
   local exp = nil
   if not s.exp or s.exp < needed then
     exp = needed + 60e6
@@ -74,4 +103,19 @@ local function store(key, s, now, capacity)
   if exp then
     redis.call('PEXPIRE', key, math.ceil((exp - now) / 1000))
   end
+end
+
+-- The adaptation state for a reply: ' rd' at the configured rate, or
+-- ' rd since k wm' while recovering (since: microseconds since the decrease).
+-- Lua's own number format (14 digits) is plenty here, and cheaper.
+local function curve(s, now)
+  if s.ld then
+    return ' ' .. (s.rd or 0) .. ' ' .. (now - s.ld) .. ' ' .. (s.k or 0) .. ' ' .. s.wm
+  end
+  return ' ' .. (s.rd or 0)
+end
+
+-- What the adaptation scripts return: 'now iv rd [since k wm]'.
+local function report(s, now)
+  return fmt(now) .. ' ' .. fmt(s.iv) .. curve(s, now)
 end

@@ -2,16 +2,19 @@
 -- KEYS[1]  the bucket hash
 -- ARGV[1]  the caller's configured rate (tokens/s)
 -- ARGV[2]  capacity (tokens)
--- ARGV[3]  tokens to take
--- ARGV[4]  longest acceptable wait in microseconds, or -1 for no limit
--- ARGV[5]  extra tokens leased right after these (0 without a lease)
+-- ARGV[3]  tokens to take (default 1)
+-- ARGV[4]  longest acceptable wait in microseconds, or -1 for no limit (default)
+-- ARGV[5]  extra tokens leased right after these (default 0)
 -- ARGV[6]  a shared effective rate to store first, or '' to keep the stored one
--- Returns "granted wait start iv ep start-now" (granted is 1 or 0; times in
--- microseconds): one string is the cheapest reply to send and to parse.
--- A denied reservation leaves the schedule unchanged.
+-- The common call sends only ARGV[1] and ARGV[2]: every argument costs the
+-- client more than the script.
+-- Returns "granted wait start iv ep start-now [rd [since k wm]]" (granted is 1
+-- or 0; times in microseconds; the adaptation state once the key has one):
+-- one string is the cheapest reply to send and to parse. A denied reservation
+-- leaves the schedule unchanged.
 local key = KEYS[1]
-local rate, capacity, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_wait, extra = tonumber(ARGV[4]), tonumber(ARGV[5])
+local rate, capacity, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]) or 1
+local max_wait, extra = tonumber(ARGV[4]) or -1, tonumber(ARGV[5]) or 0
 local now = now_us()
 local s = load(key, now, rate, tonumber(ARGV[6]))
 local start = math.max(s.tat, now)
@@ -26,7 +29,11 @@ end
 if granted == 1 then
   s.tat = new_tat + extra * s.iv
 end
-if granted == 1 or s.rate_changed then
+if granted == 1 or s.rate_changed or s.curve_changed then
   store(key, s, now, capacity)
 end
-return granted .. ' ' .. wait .. ' ' .. fmt(start) .. ' ' .. s.iv .. ' ' .. s.ep .. ' ' .. (start - now)
+local reply = granted .. ' ' .. wait .. ' ' .. fmt(start) .. ' ' .. s.iv .. ' ' .. s.ep .. ' ' .. (start - now)
+if s.rd then
+  return reply .. curve(s, now)
+end
+return reply

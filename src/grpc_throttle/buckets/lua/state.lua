@@ -1,7 +1,7 @@
 -- Read the bucket without changing it (_gcra.level).
 -- KEYS[1]  the bucket hash
 -- ARGV[1]  the caller's configured rate (tokens/s), ARGV[2] capacity (tokens)
--- Returns {tokens available now (negative when queued), rate in force}.
+-- Returns {tokens available now (negative when queued), 'now iv rd [since k wm]'}.
 local key = KEYS[1]
 local capacity = tonumber(ARGV[2])
 local now = now_us()
@@ -10,4 +10,4 @@ local level = capacity
 if s.tat > now then
   level = capacity - (s.tat - now) / s.iv
 end
-return {fmt(level), fmt(1e6 / s.iv)}
+return {fmt(level), report(s, now)}

@@ -1,0 +1,259 @@
+"""Goodput of 4 processes sharing one quota: one RedisTokenBucket vs a TokenBucket per process.
+
+The Clarifai emulator runs in a child process enforcing Q requests/s for one
+user (token bucket policy; burst 1, then burst Q). Four client processes of
+four threads each make ``--calls`` ``ListModelTypes`` calls between them (a
+quarter each) as that one user, every process through its own
+``ThrottlingInterceptor``, all other settings default:
+
+- shared Redis: ``RedisTokenBucket(key=same, rate=Q)`` in every process;
+- shared Redis, capacity=Q: the same with the burst the server allows (burst-Q row only);
+- unshared local: ``TokenBucket(rate=Q)`` in every process, i.e. 4·Q offered.
+
+Ideal wall time, for a client that gets every call through: (calls - B) / Q
+for a server burst B. Answered throttled: the server's throttled answers over
+all requests it received, retries included. Lost: calls that did not end in
+SUCCESS (a throttled answer handed back after the last attempt, an error, or a
+call not started when the run's time budget ran out).
+
+Run: ``python benchmarks/bench_redis_goodput.py [--quick] [--rate 50] [--calls 800]
+[--repeat 3] [--url redis://...]``; without ``--url`` it starts its own
+``redis-server``. Prints a markdown table and writes
+``benchmarks/results/bench_redis_goodput.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import multiprocessing
+import threading
+import time
+import uuid
+from multiprocessing.connection import Connection
+from typing import Any
+
+import _harness as h
+
+from grpc_throttle.testing import ControlClient
+
+SUCCESS = 10000
+METADATA = (("authorization", "Key bench-redis"),)
+CLIENTS = ("shared Redis", "shared Redis, capacity=Q", "unshared local")
+TARGETS = "wall <= 1.05 x ideal, <= 0.5% answered throttled, nothing lost"
+
+
+def client_process(conn: Connection, target: str, url: str, key: str, client: str, settings: dict[str, Any]) -> None:
+    """Child process: one interceptor over its bucket, ``threads`` threads, ``calls`` calls."""
+    import grpc
+
+    from grpc_throttle import ThrottlingInterceptor, TokenBucket
+    from grpc_throttle.buckets.redis import RedisTokenBucket
+
+    service_pb2, service_pb2_grpc = h.clarifai_stubs()
+    rate, calls, threads = settings["rate"], settings["calls"], settings["threads"]
+    capacity = rate if "capacity" in client else None
+    bucket: Any
+    if client.startswith("shared"):
+        bucket = RedisTokenBucket.from_url(url, key=key, rate=rate, capacity=capacity)
+        bucket.available()  # connected, scripts loaded
+    else:
+        bucket = TokenBucket(rate=rate, capacity=capacity)
+    interceptor = ThrottlingInterceptor(bucket)
+    raw = grpc.insecure_channel(target)
+    grpc.channel_ready_future(raw).result(timeout=30)  # connect without spending quota
+    method = service_pb2_grpc.V2Stub(grpc.intercept_channel(raw, interceptor)).ListModelTypes
+    request = service_pb2.ListModelTypesRequest()
+    conn.send("ready")
+    start, stop_at = conn.recv()
+    lock = threading.Lock()
+    left, ok, cut, latencies, errors = calls, 0, False, [], []
+    fell_back = False
+
+    def work() -> None:
+        nonlocal left, ok, cut, fell_back
+        while time.time() < start:
+            time.sleep(0.0005)
+        while True:
+            with lock:
+                if left <= 0:
+                    return
+                if time.time() > stop_at:
+                    cut = True
+                    return
+                left -= 1
+            began = time.time()
+            try:
+                good = method(request, metadata=METADATA, timeout=settings["call_timeout"]).status.code == SUCCESS
+            except grpc.RpcError as error:
+                good = False
+                errors.append(f"{error.code()}")
+            with lock:
+                latencies.append(time.time() - began)
+                ok += good
+                fell_back = fell_back or not getattr(bucket, "shared", True)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    stats = interceptor.stats()
+    conn.send(
+        {
+            "end": time.time(),
+            "ok": ok,
+            "cut": cut,
+            "latencies": latencies,
+            "errors": errors[:3],
+            "retries": stats.retries,
+            "effective_rate": stats.effective_rate,
+            "fell_back": fell_back,
+        }
+    )
+    raw.close()
+    if hasattr(bucket, "close"):
+        bucket.close()
+
+
+def one_run(client: str, target: str, url: str, args: argparse.Namespace, budget: float) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    key = f"bench-goodput-{uuid.uuid4().hex[:12]}"
+    settings = {
+        "rate": args.rate,
+        "calls": args.calls // args.processes,
+        "threads": args.threads,
+        "call_timeout": args.call_timeout,
+    }
+    pipes, processes = [], []
+    for _ in range(args.processes):
+        parent, child = context.Pipe()
+        process = context.Process(target=client_process, args=(child, target, url, key, client, settings), daemon=True)
+        process.start()
+        pipes.append(parent)
+        processes.append(process)
+    try:
+        for parent in pipes:
+            if not parent.poll(120) or parent.recv() != "ready":
+                raise RuntimeError("a client process did not start")
+        with ControlClient(target) as control:
+            control.reset()
+            start = time.time() + 0.5
+            for parent in pipes:
+                parent.send((start, start + budget))
+            results = [parent.recv() for parent in pipes]
+            counters = control.counters()
+    finally:
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+    calls = settings["calls"] * args.processes
+    sent = counters.admitted + counters.throttled
+    latencies = [x for r in results for x in r["latencies"]]
+    return {
+        "wall_s": max(r["end"] for r in results) - start,
+        "cut_at_budget": any(r["cut"] for r in results),
+        "sent": sent,
+        "admitted": counters.admitted,
+        "throttled": counters.throttled,
+        "throttled_share": counters.throttled / sent if sent else math.nan,
+        "lost": calls - sum(r["ok"] for r in results),
+        "retries": sum(r["retries"] for r in results),
+        "fell_back_to_local": sum(r["fell_back"] for r in results),
+        "effective_rates_at_end": [r["effective_rate"] for r in results],
+        "p50_s": h.percentile(latencies, 50),
+        "p99_s": h.percentile(latencies, 99),
+        "errors": [e for r in results for e in r["errors"]][:3],
+    }
+
+
+METRICS = ("wall_s", "sent", "throttled_share", "lost", "retries", "p50_s", "p99_s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (200 calls, 1 repeat)")
+    parser.add_argument("--rate", type=float, default=50.0, help="Q: the server's quota and every bucket's rate")
+    parser.add_argument("--calls", type=int, default=None, help="calls per run, all processes (default 800)")
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=4, help="threads per process")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per row and client (default 3)")
+    parser.add_argument("--call-timeout", type=float, default=60.0, help="deadline of each call, retries included")
+    parser.add_argument("--budget", type=float, default=4.0, help="stop a run after this many x ideal + 10 s")
+    parser.add_argument("--url", help="an existing Redis (default: start a throwaway redis-server)")
+    args = parser.parse_args()
+    args.calls = args.calls or (200 if args.quick else 800)
+    repeat = args.repeat or (1 if args.quick else 3)
+    q = args.rate
+    server: Any = None
+    if args.url is None:  # tests/redis_server.py; _harness put tests/ on sys.path
+        server = importlib.import_module("redis_server").RedisServer()
+        server.start()
+    url = args.url or server.url
+    print(f"# bench_redis_goodput: Q={q:g}/s, {args.calls} calls, {args.processes} processes x {args.threads} threads")
+    print(f"# median of {repeat} runs; targets for shared Redis: {TARGETS}\n")
+    results: list[dict[str, Any]] = []
+    try:
+        for burst in (1.0, q):
+            label = f"token-bucket, burst {burst:g}"
+            best = max(args.calls - burst, 0) / q
+            budget = args.budget * max(best, 1.0) + 10
+            clients = [c for c in CLIENTS if burst > 1 or "capacity" not in c]
+            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
+            with h.ServerProcess(h.serve_emulator, q, "token-bucket", burst, 64) as emulator:
+                for index in range(repeat):
+                    for client in h.rotated(clients, index):
+                        run = one_run(client, emulator.target, url, args, budget)
+                        runs[client].append(run)
+                        print(
+                            f"  {label:<22} {client:<26} wall {run['wall_s']:6.2f} s  "
+                            f"throttled {run['throttled_share'] * 100:5.1f}%  lost {run['lost']}",
+                            flush=True,
+                        )
+            for client in clients:
+                summary: dict[str, Any] = {m: h.median([r[m] for r in runs[client]]) for m in METRICS}
+                summary["cut_at_budget"] = sum(r["cut_at_budget"] for r in runs[client])
+                summary["fell_back_to_local"] = sum(r["fell_back_to_local"] for r in runs[client])
+                results.append({"policy": label, "client": client, "ideal_s": best, **summary, "runs": runs[client]})
+    finally:
+        if server is not None:
+            server.close()
+    print()
+    headers = ["server policy", "client", "wall s", "ideal s", "wall/ideal", "answered throttled", "lost"]
+    headers += ["retries", "p50 s", "p99 s"]
+    rows = [
+        [
+            r["policy"],
+            r["client"],
+            f"{r['wall_s']:.2f}" + (f" (cut in {r['cut_at_budget']})" if r["cut_at_budget"] else ""),
+            f"{r['ideal_s']:.2f}",
+            f"{r['wall_s'] / r['ideal_s']:.3f}" if r["ideal_s"] > 0 else "—",
+            f"{r['throttled_share'] * 100:.2f}% ({r['sent']:.0f} sent)",
+            f"{r['lost']:.0f}",
+            f"{r['retries']:.0f}",
+            f"{r['p50_s']:.2f}",
+            f"{r['p99_s']:.2f}",
+        ]
+        for r in results
+    ]
+    print(h.table(headers, rows))
+    print()
+    for r in results:
+        if r["client"].startswith("shared"):
+            verdict = {
+                "wall <= 1.05 x ideal": r["wall_s"] <= 1.05 * r["ideal_s"],
+                "<= 0.5% throttled": r["throttled_share"] <= 0.005,
+                "nothing lost": r["lost"] == 0,
+            }
+            r["targets"] = verdict
+            said = ", ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in verdict.items())
+            print(f"{r['client']} on {r['policy']}: {said}")
+    config = {k: v for k, v in vars(args).items() if k not in ("quick", "url")} | {"repeat": repeat}
+    path = h.write_json("bench_redis_goodput", {"config": config, "results": results})
+    print(f"\nresults: {path}")
+
+
+if __name__ == "__main__":
+    main()

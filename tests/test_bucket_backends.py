@@ -1,0 +1,168 @@
+"""The bucket behaviour every backend shares, run on each (limits' ALL_STORAGES).
+
+Real time, generous bounds: these check behaviour, not speed. The virtual-clock
+tests of each backend (test_token_bucket.py, test_redis_bucket.py) pin the
+arithmetic exactly. The Redis rows need ``redis-server``: without it they are
+skipped, or fail under ``CI=true`` (conftest_redis.require_redis).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import conftest_redis
+import pytest
+from conftest_redis import bucket_key, redis_server  # noqa: F401
+
+from grpc_throttle import AdaptiveRate, TokenBucket
+from grpc_throttle.buckets.redis import RedisTokenBucket
+
+#: Every bucket backend; each test below runs once per entry.
+BACKENDS = ["local", "redis"]
+#: Recovers in well under a second.
+FAST = AdaptiveRate(beta=0.5, scale=50.0, probe=0.5)
+
+Bucket = TokenBucket | RedisTokenBucket
+Make = Callable[..., Bucket]
+
+
+@pytest.fixture(params=BACKENDS)
+def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:  # noqa: F811
+    """A factory of buckets of one backend: ``make(rate=..., capacity=..., adaptive=...)``."""
+    made: list[RedisTokenBucket] = []
+    url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
+
+    def factory(**kwargs: Any) -> Bucket:
+        kwargs.setdefault("rate", 10)
+        if request.param == "local":
+            return TokenBucket(**kwargs)
+        bucket = RedisTokenBucket.from_url(url, key=bucket_key, timeout=1.0, on_failure="fail", **kwargs)
+        made.append(bucket)
+        return bucket
+
+    yield factory
+    for bucket in made:
+        bucket.close()
+
+
+def reserve(bucket: Bucket, tokens: float = 1, **kwargs: Any) -> Any:
+    reservation = bucket.reserve(tokens, **kwargs)
+    assert reservation is not None
+    return reservation
+
+
+def test_the_rate_holds_over_a_window_for_many_threads(make: Make) -> None:
+    bucket, rate, window = make(rate=20), 20, 1.5
+    end = time.monotonic() + window
+    admitted: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (r := bucket.reserve(max_wait=max(end - time.monotonic(), 0))) is not None:
+            time.sleep(r.delay)
+            with lock:
+                admitted.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    assert 0.6 * rate * window <= len(admitted) <= rate * window + 1 + 2
+
+
+def test_reservations_are_served_in_order_one_interval_apart(make: Make) -> None:
+    bucket = make(rate=2)
+    reservations = [reserve(bucket) for _ in range(5)]
+    delays = [r.delay for r in reservations]
+    assert delays[0] == 0
+    gaps = [b - a for a, b in itertools.pairwise(delays)]
+    assert all(0.3 < gap < 0.51 for gap in gaps), gaps
+
+
+def test_a_wait_longer_than_max_wait_takes_nothing(make: Make) -> None:
+    bucket = make(rate=1)
+    reserve(bucket)
+    assert bucket.reserve(max_wait=0.5) is None
+    assert not bucket.try_acquire()
+    assert reserve(bucket).delay == pytest.approx(1, abs=0.3)  # the refusals took nothing
+
+
+def test_cancelling_the_tail_gives_its_tokens_back(make: Make) -> None:
+    bucket = make(rate=1)
+    reserve(bucket)
+    second = reserve(bucket)
+    second.cancel()
+    second.cancel()  # idempotent
+    assert reserve(bucket).delay == pytest.approx(second.delay, abs=0.3)
+
+
+def test_the_rate_can_change_live(make: Make) -> None:
+    bucket = make(rate=1)
+    reserve(bucket)
+    reserve(bucket)
+    bucket.rate = 4
+    a, b = reserve(bucket), reserve(bucket)
+    assert b.delay - a.delay == pytest.approx(0.25, abs=0.1)
+    assert a.delay == pytest.approx(0.5, abs=0.2)  # the queue is repaid at the new rate
+    assert bucket.rate == bucket.effective_rate == 4
+
+
+def test_a_throttle_signal_lowers_the_effective_rate_once_per_round(make: Make) -> None:
+    bucket = make(rate=10)
+    first = reserve(bucket)
+    for _ in range(5):  # sent together, throttled together: one signal
+        bucket.record_throttle(first.round)
+    assert bucket.effective_rate == pytest.approx(7.0) and bucket.rate == 10
+    a, b = reserve(bucket), reserve(bucket)
+    assert b.delay - a.delay == pytest.approx(1 / 7, abs=0.05)
+    assert b.round == bucket.round > first.round
+    bucket.record_throttle(b.round)
+    assert bucket.effective_rate == pytest.approx(4.9)
+    bucket.set_effective_rate(50)  # never above the configured rate
+    assert bucket.effective_rate == 10
+
+
+def test_successes_recover_the_configured_rate(make: Make) -> None:
+    bucket = make(rate=10, adaptive=FAST)
+    bucket.record_throttle(bucket.round)
+    assert bucket.effective_rate == pytest.approx(5.0)
+    seen = [bucket.effective_rate]
+    deadline = time.monotonic() + 10
+    while bucket.effective_rate < 10:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.01)
+        bucket.record_success()
+        seen.append(bucket.effective_rate)
+    assert seen == sorted(seen) and seen[-1] == 10
+
+
+def test_capacity_allows_a_burst(make: Make) -> None:
+    bucket = make(rate=1, capacity=3)
+    assert bucket.capacity == 3
+    assert [bucket.try_acquire() for _ in range(4)] == [True, True, True, False]
+    assert bucket.available() == pytest.approx(0, abs=0.3)
+
+
+@pytest.mark.parametrize("tokens", [0, -1, 3, math.nan, math.inf, "1"])
+def test_bad_token_counts_raise_value_error(make: Make, tokens: Any) -> None:
+    bucket = make(rate=1, capacity=2)
+    with pytest.raises(ValueError, match="tokens"):
+        bucket.reserve(tokens)
+    with pytest.raises(ValueError, match="tokens"):
+        bucket.try_acquire(tokens)
+
+
+def test_without_redis_server_the_redis_rows_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conftest_redis, "redis_server_binary", lambda: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        conftest_redis.require_redis()
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="redis-server"):
+        conftest_redis.require_redis()
