@@ -111,6 +111,27 @@ async def test_cancel_behind_a_later_reservation_gives_nothing_back(make: Make) 
     assert (await reserve(other)).delay == pytest.approx(3, abs=0.3)
 
 
+async def test_cancelling_a_queue_in_creation_order_gives_it_all_back(make: Make) -> None:
+    bucket = make(rate=10)
+    queued = [await reserve(bucket) for _ in range(100)]
+    for reservation in queued:  # the natural order of a mass cancel: the tail comes last
+        reservation.cancel()
+    await asyncio.gather(*bucket._tasks)
+    assert await bucket.available() >= 0  # only the first, due at once, is kept
+    assert (await reserve(bucket)).delay <= 0.2
+
+
+async def test_more_concurrent_calls_than_a_default_pool_stay_shared(
+    make: Make,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="grpc_throttle.buckets.redis_aio")
+    bucket = make(rate=1000, capacity=1000)
+    replies = await asyncio.gather(*(bucket.reserve() for _ in range(150)))
+    assert bucket.shared and all(isinstance(r, RedisReservation) for r in replies)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 async def test_rate_can_change_live(make: Make) -> None:
     bucket = make(rate=1)
     await reserve(bucket)

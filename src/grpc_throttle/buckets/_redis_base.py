@@ -102,6 +102,8 @@ class RedisBucketBase(SharedAdaptation):
         self._settings = settings
         #: The Redis key of the bucket's hash.
         self._key = settings.redis_key
+        #: The cancelled reservations waiting for the tail to reach them (see lua/cancel.lua).
+        self._holes_key = settings.redis_key + ":holes"
         #: The rate and capacity as sent to the scripts.
         self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
         #: The reserve script's arguments in the common case (one token, no limit,
@@ -128,6 +130,12 @@ class RedisBucketBase(SharedAdaptation):
             self._logger,
             settings.on_failure,
         )
+        #: The latest slot this process got from Redis (ready time, local clock): the
+        #: fallback starts after it, since those slots still fire while Redis is down.
+        self._redis_until = -math.inf
+        #: The latest slot the fallback handed out; 0.0 once passed. Back on Redis, no
+        #: slot is taken before it ("not before"): the fallback's still fire meanwhile.
+        self._local_until = 0.0
         #: Leased slots, with lease > 1.
         self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
 
@@ -215,9 +223,10 @@ class RedisBucketBase(SharedAdaptation):
 
     def _reserve_args(self, tokens: float, max_wait: float, extra: int) -> Sequence[str | bytes]:
         eff = self._pending_eff
-        if tokens == 1 and max_wait == math.inf and not extra and eff is None:
+        not_before = self._not_before()
+        if tokens == 1 and max_wait == math.inf and not extra and eff is None and not not_before:
             return self._plain_args
-        return [
+        args = [
             self._rate_arg,
             self._capacity_arg,
             "1" if tokens == 1 else repr(tokens),
@@ -225,6 +234,20 @@ class RedisBucketBase(SharedAdaptation):
             str(extra),
             "" if eff is None else repr(eff),
         ]
+        if not_before:
+            args.append(repr(not_before * 1e6))
+        return args
+
+    def _not_before(self) -> float:
+        """Seconds until the fallback's last slot, while it is still to come, else 0."""
+        until = self._local_until
+        if not until:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            self._local_until = 0.0
+            return 0.0
+        return left
 
     def _accept(self, reply: Any, args: Sequence[str | bytes], extra: int) -> RedisReservation | None:
         """The reserve script's reply (``granted wait start iv epoch start-now [rd ...]``) as a reservation."""
@@ -241,6 +264,8 @@ class RedisBucketBase(SharedAdaptation):
         tokens = float(args[2]) if len(args) > 2 else 1.0
         place = (start, start + tokens * interval, now + wait, int(epoch))
         round = int(tail[0]) if tail else 0
+        if received + wait / 1e6 > self._redis_until:
+            self._redis_until = received + wait / 1e6
         return RedisReservation(self, tokens, wait / 1e6, received + wait / 1e6, place, round=round)
 
     def _lease(self, pool: LeasePool, received: float, start: float, now: float, interval: float, extra: int) -> None:
@@ -249,13 +274,33 @@ class RedisBucketBase(SharedAdaptation):
         ready = [received + max(start + (2 + k - cap) * interval - now, 0.0) / 1e6 for k in range(extra)]
         with self._lock:
             pool.fill([Slot(r, r + span) for r in ready], interval / 1e6)
+            if ready and ready[-1] > self._redis_until:
+                self._redis_until = ready[-1]
 
     def _fallback(self, tokens: float, max_wait: float) -> Reservation | FreeReservation | None:
         if self._settings.on_failure == "fail":
             raise self._unavailable()
         if self._settings.on_failure == "allow":
             return FreeReservation(tokens)
-        return self._local.reserve(min(tokens, self._local.capacity), max_wait=max_wait)
+        self._hold_local()
+        reservation = self._local.reserve(min(tokens, self._local.capacity), max_wait=max_wait)
+        if reservation is not None and reservation.ready_at > self._local_until:
+            self._local_until = reservation.ready_at
+        return reservation
+
+    def _hold_local(self) -> None:
+        """Start the fallback's schedule one of its intervals after the last slot from Redis.
+
+        Slots this process already holds from Redis still fire while Redis is
+        down; a fallback starting afresh beside them would exceed the rate.
+        """
+        local = self._local
+        if self._redis_until <= self._clock():
+            return
+        with local._lock:  # the fallback's own state: when its next slot may be due
+            tat = self._redis_until + local._capacity * local._interval
+            if tat > local._tat:
+                local._tat = tat
 
     def _fallback_level(self) -> float:
         if self._settings.on_failure == "fail":

@@ -28,6 +28,11 @@ SCRIPTS = {
 }
 #: Their SHA1 digests, as EVALSHA names them.
 SHAS = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}
+#: The bucket's pool size: no limit in practice. A bucket holds a connection
+#: only for one script call, so its pool grows to the calls in flight at once;
+#: redis-py 8's default of 100 would fail the 101st concurrent call with
+#: MaxConnectionsError, which is no sign of an outage.
+POOL_SIZE = 2**31 - 1
 
 
 def hashed_key(secret: str | bytes) -> str:
@@ -53,14 +58,15 @@ def pool_kwargs(pool: Any, timeout: float, retry: Any) -> dict[str, Any]:
 
     The bucket talks through its own connection pool so that its short timeout
     (and no retry, as redis-py >= 6 retries 10 times by default) applies to it
-    alone; the client the caller passed is left as it was.
+    alone; the client the caller passed is left as it was. The pool has no
+    size limit (see ``POOL_SIZE``).
     """
     kwargs = {
         k: v
         for k, v in pool.connection_kwargs.items()
         if not k.startswith(("orig_", "maint_")) and k != "himport_registry"
     }
-    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
+    kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry, max_connections=POOL_SIZE)
     return kwargs
 
 
@@ -71,8 +77,8 @@ def is_outage(error: Exception) -> bool:
     the wrong type, a missing ACL permission, a wrong password) is a setup
     mistake that waiting will not fix, so it is raised.
     """
-    if isinstance(error, redis_errors.AuthenticationError):
-        return False
+    if isinstance(error, (redis_errors.AuthenticationError, redis_errors.MaxConnectionsError)):
+        return False  # a setup mistake, or a full pool: Redis itself answers
     transient = (redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError)
     if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, *transient)):
         return True

@@ -51,7 +51,9 @@ class _Packer:
         #: Packed commands by (sha, args) for tuple args.
         self._cache: dict[tuple[str, tuple[str | bytes, ...]], list[bytes]] = {}
 
-    def pack(self, conn: Any, sha: str, args: Sequence[str | bytes]) -> list[bytes]:
+    def pack(self, conn: Any, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> list[bytes]:
+        if more_keys:  # the cancel script's holes beside the bucket (never cached)
+            return list(conn.pack_command("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args))
         if not isinstance(args, tuple):
             return list(conn.pack_command("EVALSHA", sha, 1, self.key, *args))
         packed = self._cache.get((sha, args))
@@ -70,11 +72,11 @@ class Wire(_Packer):
         >>> wire.evalsha(sha, ("10.0", "1.0"))  # doctest: +SKIP
     """
 
-    def evalsha(self, sha: str, args: Sequence[str | bytes]) -> Any:
-        """The script's reply; raises what redis-py would."""
+    def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
         conn = self.pool.get_connection(*self.connection_args)
         try:
-            conn.send_packed_command(self.pack(conn, sha, args))
+            conn.send_packed_command(self.pack(conn, sha, args, more_keys))
             return conn.read_response()
         except redis_errors.ResponseError:
             raise
@@ -93,11 +95,11 @@ class AsyncWire(_Packer):
         >>> await wire.evalsha(sha, ("10.0", "1.0"))  # doctest: +SKIP
     """
 
-    async def evalsha(self, sha: str, args: Sequence[str | bytes]) -> Any:
-        """The script's reply; raises what redis-py would."""
+    async def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
         conn = await self.pool.get_connection(*self.connection_args)
         try:
-            await conn.send_packed_command(self.pack(conn, sha, args))
+            await conn.send_packed_command(self.pack(conn, sha, args, more_keys))
             return await conn.read_response()
         except redis_errors.ResponseError:
             raise

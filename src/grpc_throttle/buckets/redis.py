@@ -294,12 +294,15 @@ class RedisTokenBucket(RedisBucketBase):
 
     # -- Redis -----------------------------------------------------------
 
-    def _run(self, name: str, args: Sequence[str | bytes]) -> Any:
+    def _run(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
         """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
         if not self._breaker.allow():
             return _DOWN
         try:
-            reply = self._eval(name, args)
+            reply = self._eval(name, args, more_keys)
+        except redis.exceptions.MaxConnectionsError:  # a full pool: no verdict on Redis
+            self._breaker.abandoned()
+            return _DOWN
         except redis.RedisError as error:
             if is_outage(error):
                 self._breaker.failed(error)
@@ -324,17 +327,17 @@ class RedisTokenBucket(RedisBucketBase):
             return None
         return None if reply is _DOWN else reply
 
-    def _eval(self, name: str, args: Sequence[str | bytes]) -> Any:
+    def _eval(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
         # EVALSHA straight away on the wire (redis-py's per-command layer costs
         # about as much as the round trip), loading the script when Redis does
         # not know it (first use, SCRIPT FLUSH; another flush may come between
         # the load and the call, hence a few tries).
         for _ in range(_LOAD_TRIES):
             try:
-                return self._wire.evalsha(SHAS[name], args)
+                return self._wire.evalsha(SHAS[name], args, more_keys)
             except redis.exceptions.NoScriptError:
                 self._redis.script_load(SCRIPTS[name])
-        return self._wire.evalsha(SHAS[name], args)
+        return self._wire.evalsha(SHAS[name], args, more_keys)
 
     def _key_type(self) -> str | None:
         try:
@@ -347,6 +350,6 @@ class RedisTokenBucket(RedisBucketBase):
         if not self._mark_done(reservation):
             return
         try:
-            self._run("cancel", reservation._cancel_args())
+            self._run("cancel", reservation._cancel_args(), (self._holes_key,))
         except BucketUnavailableError as error:  # best effort: the tokens expire anyway
             _logger.debug("cancel on %r failed: %s", self.key, error)

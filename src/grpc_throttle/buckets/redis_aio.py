@@ -285,12 +285,15 @@ class RedisTokenBucket(RedisBucketBase):
 
     # -- Redis -----------------------------------------------------------
 
-    async def _run(self, name: str, args: Sequence[str | bytes]) -> Any:
+    async def _run(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
         """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
         if not self._breaker.allow():
             return _DOWN
         try:
-            reply = await self._eval(name, args)
+            reply = await self._eval(name, args, more_keys)
+        except redis.exceptions.MaxConnectionsError:  # a full pool: no verdict on Redis
+            self._breaker.abandoned()
+            return _DOWN
         except redis.RedisError as error:
             if is_outage(error):
                 self._breaker.failed(error)
@@ -306,17 +309,17 @@ class RedisTokenBucket(RedisBucketBase):
         self._breaker.succeeded()
         return reply
 
-    async def _eval(self, name: str, args: Sequence[str | bytes]) -> Any:
+    async def _eval(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
         # EVALSHA straight away on the wire (redis-py's per-command layer costs
         # about as much as the round trip), loading the script when Redis does
         # not know it (first use, SCRIPT FLUSH; another flush may come between
         # the load and the call, hence a few tries).
         for _ in range(_LOAD_TRIES):
             try:
-                return await self._wire.evalsha(SHAS[name], args)
+                return await self._wire.evalsha(SHAS[name], args, more_keys)
             except redis.exceptions.NoScriptError:
                 await self._redis.script_load(SCRIPTS[name])
-        return await self._wire.evalsha(SHAS[name], args)
+        return await self._wire.evalsha(SHAS[name], args, more_keys)
 
     async def _key_type(self) -> str | None:
         try:
@@ -338,6 +341,6 @@ class RedisTokenBucket(RedisBucketBase):
 
     async def _cancel_remote(self, reservation: RedisReservation) -> None:
         try:
-            await self._run("cancel", reservation._cancel_args())
+            await self._run("cancel", reservation._cancel_args(), (self._holes_key,))
         except BucketUnavailableError as error:  # best effort: the tokens expire anyway
             _logger.debug("cancel on %r failed: %s", self.key, error)

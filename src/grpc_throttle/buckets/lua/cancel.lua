@@ -1,23 +1,61 @@
--- Give back a reservation's tokens that no later reservation has overtaken
--- (Go x/time/rate's CancelAt): all of them at the tail of the schedule, fewer
--- or none behind later ones, and none once the reservation is due.
--- KEYS[1]  the bucket hash
+-- Give back a cancelled reservation's tokens, as TokenBucket._cancel does.
+-- Only the tail of the schedule can go back without letting a newcomer
+-- overtake a reservation already queued. A cancelled reservation that is not
+-- the tail is remembered as a hole (its end -> its start); when the tail is
+-- cancelled, the schedule rolls back through every hole it then reaches, so
+-- cancelling a queue in any order gives it all back. Nothing goes back once
+-- the reservation is due, or after a change of rate (another epoch).
+-- KEYS[1]  the bucket hash, KEYS[2] its holes (sorted set: member start, score end)
 -- ARGV[1]  the reservation's start, ARGV[2] its end (microseconds)
 -- ARGV[3]  the epoch it was made in, ARGV[4] when it becomes due (microseconds)
 -- Returns 1 when tokens went back, else 0.
-local key = KEYS[1]
-local st = redis.call('HMGET', key, 'tat', 'ep')
-local tat = tonumber(st[1])
-if not tat or tonumber(st[2]) ~= tonumber(ARGV[3]) then
+-- Holes are of the epoch in 'hep': a change of rate moves every slot, so
+-- holes of another epoch are dropped rather than given back at the wrong
+-- place; so are holes whose end has passed (nothing left to give back). The
+-- set expires with the bucket.
+local key, holes = KEYS[1], KEYS[2]
+local st = redis.call('HMGET', key, 'tat', 'ep', 'iv', 'hep')
+local tat, ep = tonumber(st[1]), tonumber(st[2])
+if not tat or ep ~= tonumber(ARGV[3]) then
   return 0
 end
-if tonumber(ARGV[4]) <= now_us() then
+local now = now_us()
+if tonumber(ARGV[4]) <= now then
   return 0
 end
 local start, stop = tonumber(ARGV[1]), tonumber(ARGV[2])
-local restore = (stop - start) - (tat - stop)
-if restore <= EPS then
+-- Times near 1.7e15 us are exact to 0.25 us only, and the client computed
+-- stop itself: match ends within a microsecond (less than any slot).
+local tol = math.min(1, (tonumber(st[3]) or 1) / 4)
+local fresh = tonumber(st[4]) == ep
+if not fresh then
+  redis.call('DEL', holes)
+else
+  redis.call('ZREMRANGEBYSCORE', holes, '-inf', fmt(now))
+end
+if math.abs(stop - tat) > tol then
+  if stop < tat then -- behind later reservations: a hole until the tail reaches it
+    redis.call('ZADD', holes, fmt(stop), fmt(start))
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 then
+      redis.call('PEXPIRE', holes, ttl)
+    end
+    if not fresh then
+      redis.call('HSET', key, 'hep', fmt(ep))
+    end
+  end
   return 0
 end
-redis.call('HSET', key, 'tat', fmt(tat - restore))
+tat = start
+if fresh then
+  while true do
+    local hole = redis.call('ZRANGEBYSCORE', holes, fmt(tat - tol), fmt(tat + tol), 'LIMIT', 0, 1)
+    if #hole == 0 then
+      break
+    end
+    redis.call('ZREM', holes, hole[1])
+    tat = tonumber(hole[1])
+  end
+end
+redis.call('HSET', key, 'tat', fmt(tat))
 return 1
