@@ -110,21 +110,67 @@ def test_cancel_at_the_tail_gives_the_tokens_back(make: Make) -> None:
     assert reserve(bucket).delay == pytest.approx(second.delay, abs=0.3)
 
 
-def test_cancel_behind_a_later_reservation_gives_back_only_what_was_not_overtaken(
+def test_cancel_behind_a_later_reservation_gives_back_nothing_until_the_tail_is_cancelled(
     make: Make,
 ) -> None:
     bucket = make(rate=1, capacity=3)
     reserve(bucket, 3)
     big = reserve(bucket, 3)  # due in 3 s
-    reserve(bucket, 1)  # due in 4 s: overtakes one of big's tokens
-    big.cancel()  # two tokens go back
-    assert reserve(bucket).delay == pytest.approx(3, abs=0.3)
-    fresh = make(rate=1, key=bucket.key[len("grpc-throttle:") :] + "-2")
-    reserve(fresh)
-    middle = reserve(fresh)
-    reserve(fresh)
-    middle.cancel()  # fully overtaken: nothing goes back
-    assert reserve(fresh).delay == pytest.approx(3, abs=0.3)
+    small = reserve(bucket, 1)  # due in 4 s
+    big.cancel()  # a hole: a newcomer must not overtake small
+    assert bucket.available() == pytest.approx(-4, abs=0.3)
+    small.cancel()  # the tail, then the hole behind it
+    assert bucket.available() == pytest.approx(0, abs=0.3)
+    assert reserve(bucket).delay == pytest.approx(1, abs=0.3)
+
+
+def test_cancelling_a_queue_in_creation_order_gives_it_all_back(make: Make) -> None:
+    bucket = make(rate=10)
+    queued = [reserve(bucket) for _ in range(100)]
+    for reservation in queued:  # the natural order of a mass cancel: the tail comes last
+        reservation.cancel()
+    assert bucket.available() >= 0  # only the first, due at once, is kept
+    assert reserve(bucket).delay <= 0.2
+
+
+def test_holes_of_an_older_rate_are_never_given_back(make: Make, redis_client: Any) -> None:  # noqa: F811
+    bucket = make(rate=10)
+    first = [reserve(bucket) for _ in range(5)]
+    for reservation in first[1:4]:
+        reservation.cancel()  # holes, at the 10/s schedule
+    bucket.set_effective_rate(5)  # every slot moves
+    later = [reserve(bucket) for _ in range(3)]
+    for reservation in reversed(later):
+        reservation.cancel()  # back to the rescaled tail of first, no further
+    assert redis_client.exists(bucket.key + ":holes") == 0
+    # first[4] still holds its slot 0.4 s away; the schedule's tail stays
+    # there, one new interval (0.2 s) on: 0.6 s of debt at 5/s is 3 tokens.
+    assert bucket.available() == pytest.approx(-2, abs=0.5)
+
+
+def test_more_concurrent_calls_than_a_default_pool_stay_shared(
+    make: Make,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="grpc_throttle.buckets.redis")
+    bucket = make(rate=1000, capacity=1000)
+    barrier = threading.Barrier(120)
+    kinds: list[type] = []
+
+    def call() -> None:
+        barrier.wait()
+        reservation = bucket.reserve()
+        for _ in range(5):
+            reservation = bucket.reserve()
+        kinds.append(type(reservation))
+
+    threads = [threading.Thread(target=call) for _ in range(120)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert bucket.shared and set(kinds) == {RedisReservation}
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_due_reservation_cannot_be_cancelled(make: Make) -> None:
@@ -140,7 +186,8 @@ def test_rate_can_change_live(make: Make) -> None:
     bucket.rate = 4
     a, b = reserve(bucket), reserve(bucket)
     assert b.delay - a.delay == pytest.approx(0.25, abs=0.1)
-    assert a.delay == pytest.approx(0.5, abs=0.2)  # the queue was repaid at the new rate
+    # The queued caller keeps its slot (1 s away); the next follows it at the new rate.
+    assert a.delay == pytest.approx(1.25, abs=0.2)
     assert bucket.rate == bucket.effective_rate == 4
 
 
@@ -400,6 +447,28 @@ def test_redis_killed_then_restarted(
     messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
     assert [level for level, _ in messages] == [logging.WARNING, logging.INFO], messages
     assert "unavailable" in messages[0][1] and "reachable again" in messages[1][1]
+
+
+def test_the_fallback_and_redis_hand_over_without_overlapping_slots(
+    make: Make,
+    own_redis_server: RedisServer,  # noqa: F811
+) -> None:
+    bucket = make(own_redis_server, rate=10, local_share=0.5, cooldown=0.2, timeout=0.2)
+    last_shared = [reserve(bucket) for _ in range(5)][-1]
+    own_redis_server.stop()
+    local = bucket.reserve()
+    assert isinstance(local, Reservation)
+    assert local.ready_at >= last_shared.ready_at + 0.19  # after the Redis slots still queued
+    queued = [bucket.reserve() for _ in range(3)]
+    last_local = queued[-1]
+    assert isinstance(last_local, Reservation)
+    own_redis_server.start()  # empty: a new schedule
+    time.sleep(0.25)
+    shared = bucket.reserve()
+    while not isinstance(shared, RedisReservation):
+        time.sleep(0.05)
+        shared = bucket.reserve()
+    assert shared.ready_at >= last_local.ready_at + 0.09  # after the fallback's slots
 
 
 def test_a_frozen_redis_costs_one_timeout_then_the_breaker_skips_it(

@@ -6,6 +6,7 @@ import itertools
 import math
 import threading
 import time
+from typing import Any
 
 import pytest
 from clock import VirtualClock
@@ -96,14 +97,18 @@ def test_cancel_after_the_reservation_came_due_changes_nothing() -> None:
     assert bucket.available() == pytest.approx(0.5)
 
 
-def test_rate_can_change_live_and_owed_tokens_are_repaid_at_the_new_rate() -> None:
+def test_rate_can_change_live() -> None:
     bucket, _ = make(rate=1)
     bucket.reserve()
-    bucket.reserve()  # one token owed: due in 1 s at rate 1
+    queued = bucket.reserve()  # due in 1 s at rate 1
     bucket.rate = 10
     assert bucket.rate == 10
     nxt = bucket.reserve()
-    assert nxt is not None and nxt.delay == pytest.approx(0.2)
+    # The queued caller keeps its time; the next one follows it at the new rate.
+    assert nxt is not None and nxt.ready_at - queued.ready_at == pytest.approx(0.1)  # type: ignore[union-attr]
+    bucket.rate = 0.5
+    slower = bucket.reserve()
+    assert slower is not None and slower.ready_at - nxt.ready_at == pytest.approx(2.0, rel=0.05)
 
 
 def test_effective_rate_never_exceeds_the_configured_rate() -> None:
@@ -280,3 +285,51 @@ def test_cancel_across_a_rate_change_keeps_the_window_property() -> None:
     assert nxt is not None
     # Five of the first six still hold their slots: the next one comes after them.
     assert nxt.ready_at >= first[4].ready_at  # type: ignore[union-attr]
+
+
+def test_a_faster_rate_never_squeezes_the_next_slot_against_those_handed_out() -> None:
+    # Recovery raises the rate while callers wait; the next caller must still
+    # come at least one (new) interval after the last slot already given out.
+    bucket, _ = make(rate=10)
+    handed_out = [bucket.reserve() for _ in range(5)]
+    bucket.rate = 20
+    nxt = bucket.reserve()
+    assert nxt is not None
+    assert nxt.ready_at - handed_out[-1].ready_at >= 1 / 20 - 1e-9  # type: ignore[union-attr]
+    assert nxt.ready_at - handed_out[-1].ready_at <= 1 / 10 + 1e-9  # type: ignore[union-attr]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rates=st.lists(st.floats(min_value=1, max_value=20), min_size=1, max_size=5),
+    capacity=st.integers(min_value=1, max_value=4),
+    ops=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=0.5), st.integers(0, 9), st.integers(0, 50)),
+        min_size=1,
+        max_size=80,
+    ),
+)
+def test_rate_changes_and_cancels_never_exceed_the_fastest_rate_in_force(
+    rates: list[float], capacity: int, ops: list[tuple[float, int, int]]
+) -> None:
+    # op 0-6: reserve; 7: cancel a waiting one; 8-9: switch to one of the rates.
+    bucket, clock = make(rate=rates[0], capacity=capacity)
+    live: list[Any] = []
+    for advance, op, pick in ops:
+        clock.advance(advance)
+        if op <= 6:
+            reservation = bucket.reserve()
+            assert reservation is not None
+            live.append(reservation)
+        elif op == 7 and live:
+            target = live[pick % len(live)]
+            if target.ready_at > clock.now:
+                target.cancel()
+                live.remove(target)
+        else:
+            bucket.rate = rates[pick % len(rates)]
+    fastest = max(rates)
+    admitted = sorted(r.ready_at for r in live)
+    for i, start in enumerate(admitted):
+        for count, end in enumerate(admitted[i:], start=1):
+            assert count <= capacity + fastest * (end - start) + 1e-6

@@ -47,14 +47,21 @@ def reserve(
     return new_tat, start, wait
 
 
-def rescale(tat: float, now: float, old_interval: float, new_interval: float) -> float:
-    """Carry a bucket's state over to a new rate, keeping its token level.
+def rescale(tat: float, now: float, old_interval: float, new_interval: float, capacity: float = 1.0) -> float:
+    """Carry a bucket's state over to a new rate.
 
-    Tokens already owed (a ``tat`` in the future) are repaid at the new rate;
-    a bucket that is full (``tat <= now``) stays full.
+    Callers already given a slot in the future keep it (they are sleeping
+    toward it), so while such slots exist the schedule keeps its tail where
+    it is and the next slot comes one *new* interval after the last one
+    handed out. Otherwise the bucket keeps its token level (a full bucket
+    stays full). Both branches meet at ``tat = now + capacity * old_interval``,
+    so the mapping is continuous and increasing: the order of any two points
+    of the schedule (and of cancelled holes in it) is preserved.
     """
     if tat <= now:
         return tat
+    if tat - capacity * old_interval >= now:
+        return tat - capacity * (old_interval - new_interval)
     return now + (tat - now) * new_interval / old_interval
 
 

@@ -236,9 +236,12 @@ class TokenBucket:
         if new_interval != old_interval:
             now = self._clock()
             rescale = _gcra.rescale
-            self._tat = rescale(self._tat, now, old_interval, new_interval)
+            capacity = self._capacity
+            self._tat = rescale(self._tat, now, old_interval, new_interval, capacity)
             self._holes = {
-                rescale(end, now, old_interval, new_interval): rescale(start, now, old_interval, new_interval)
+                rescale(end, now, old_interval, new_interval, capacity): rescale(
+                    start, now, old_interval, new_interval, capacity
+                )
                 for end, start in self._holes.items()
             }
             self._rescales.append((now, old_interval, new_interval))
@@ -371,8 +374,8 @@ class TokenBucket:
                 # the bucket's own state was carried (same arithmetic, so the
                 # tail comparison below stays exact).
                 for when, old, new in list(self._rescales)[len(self._rescales) - behind :]:
-                    end = _gcra.rescale(end, when, old, new)
-                    start = _gcra.rescale(start, when, old, new)
+                    end = _gcra.rescale(end, when, old, new, self._capacity)
+                    start = _gcra.rescale(start, when, old, new, self._capacity)
             if end != self._tat:
                 self._holes[end] = start
                 return

@@ -30,8 +30,11 @@ local function now_us()
 end
 
 -- Put the rate in force (the caller's configured rate, capped by the shared
--- effective rate) into s.iv. A change of rate carries the token level over.
-local function retime(s, now, rate)
+-- effective rate) into s.iv, carrying the schedule over as _gcra.rescale
+-- does: while slots handed out lie ahead, the tail stays where it is and the
+-- next slot comes one new interval after the last of them; otherwise the
+-- token level is kept.
+local function retime(s, now, rate, capacity)
   local r = rate
   if s.eff and s.eff < r then
     r = s.eff
@@ -39,7 +42,11 @@ local function retime(s, now, rate)
   local iv = 1e6 / r
   if iv ~= s.iv then
     if s.iv and s.tat > now then
-      s.tat = now + (s.tat - now) * iv / s.iv
+      if s.tat - capacity * s.iv >= now then
+        s.tat = s.tat - capacity * (s.iv - iv)
+      else
+        s.tat = now + (s.tat - now) * iv / s.iv
+      end
     end
     s.iv = iv
     s.ep = s.ep + 1
@@ -49,7 +56,7 @@ end
 
 -- Load the bucket at the rate in force. An effective rate set explicitly
 -- (new_eff) holds until changed: set again, or lowered by a throttle signal.
-local function load(key, now, rate, new_eff)
+local function load(key, now, rate, new_eff, capacity)
   local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k')
   local s = {tat = tonumber(st[1]) or now, iv = tonumber(st[2]), eff = tonumber(st[3]), ep = tonumber(st[4]) or 0}
   s.exp, s.rd, s.wm, s.ld, s.k = tonumber(st[5]), tonumber(st[6]), tonumber(st[7]), tonumber(st[8]), tonumber(st[9])
@@ -61,7 +68,7 @@ local function load(key, now, rate, new_eff)
       s.curve_changed = true
     end
   end
-  retime(s, now, rate)
+  retime(s, now, rate, capacity)
   return s
 end
 

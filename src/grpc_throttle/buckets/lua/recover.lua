@@ -4,16 +4,13 @@
 -- ARGV[3]  scale, ARGV[4] probe, ARGV[5] the floor (tokens/s)
 -- ARGV[6]  the smallest change applied, as a fraction of the rate (MIN_CHANGE)
 -- Returns 'now iv rd [since k wm]' (see report).
--- Unlike a rate set on purpose, a recovery step rescales only the burst part
--- of the queue: pulling in slots already handed out would put the next one
--- closer than an interval to the last of them, which a server that allows no
--- burst refuses, and every step of the curve would then ask for the next
--- decrease. (The next slot is due at tat - (capacity - 1) * iv; it must stay
--- one new interval after the last one handed out, tat - capacity * old iv.)
+-- retime never pulls the next slot closer than one new interval to the slots
+-- already handed out: a server that allows no burst would refuse it, and every
+-- step of the curve would then ask for the next decrease.
 local key = KEYS[1]
 local rate = tonumber(ARGV[1])
 local now = now_us()
-local s = load(key, now, rate, nil)
+local s = load(key, now, rate, nil, tonumber(ARGV[2]))
 if s.ld then
   local scale, probe, floor, min_change = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
   local t, k = (now - s.ld) / 1e6, s.k or 0
@@ -34,11 +31,7 @@ if s.ld then
       s.curve_changed = true
     end
   end
-  local tat, iv = s.tat, s.iv
-  retime(s, now, rate)
-  if s.iv < iv then
-    s.tat = math.max(s.tat, tat - tonumber(ARGV[2]) * (iv - s.iv))
-  end
+  retime(s, now, rate, tonumber(ARGV[2]))
 end
 if s.rate_changed or s.curve_changed then
   store(key, s, now, tonumber(ARGV[2]))

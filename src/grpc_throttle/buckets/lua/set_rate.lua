@@ -6,6 +6,6 @@
 -- Returns 'now iv rd [since k wm]' (see report).
 local key = KEYS[1]
 local now = now_us()
-local s = load(key, now, tonumber(ARGV[1]), tonumber(ARGV[2]))
+local s = load(key, now, tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 store(key, s, now, tonumber(ARGV[3]))
 return report(s, now)

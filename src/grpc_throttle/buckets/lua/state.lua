@@ -5,7 +5,7 @@
 local key = KEYS[1]
 local capacity = tonumber(ARGV[2])
 local now = now_us()
-local s = load(key, now, tonumber(ARGV[1]), nil)
+local s = load(key, now, tonumber(ARGV[1]), nil, capacity)
 local level = capacity
 if s.tat > now then
   level = capacity - (s.tat - now) / s.iv

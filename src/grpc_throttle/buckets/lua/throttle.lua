@@ -8,7 +8,7 @@
 local key = KEYS[1]
 local rate, round = tonumber(ARGV[1]), tonumber(ARGV[3])
 local now = now_us()
-local s = load(key, now, rate, nil)
+local s = load(key, now, rate, nil, tonumber(ARGV[2]))
 if round >= (s.rd or 0) then
   local beta, scale, headroom, floor = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
   local cur = math.min(s.eff or rate, rate)
@@ -17,7 +17,7 @@ if round >= (s.rd or 0) then
   s.k = ((s.wm - new) / scale) ^ (1 / 3)
   s.eff, s.ld, s.rd = new, now, math.max(s.rd or 0, round) + 1
   s.curve_changed = true
-  retime(s, now, rate)
+  retime(s, now, rate, tonumber(ARGV[2]))
 end
 if s.rate_changed or s.curve_changed then
   store(key, s, now, tonumber(ARGV[2]))
