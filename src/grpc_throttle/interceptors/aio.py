@@ -76,6 +76,8 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
                 "grpc_throttle.TokenBucket or an asynchronous bucket (grpc_throttle.aio.RedisTokenBucket)"
             )
         self._bucket = bucket
+        #: The local bucket's clock, when its reservations carry ready_at on it.
+        self._ready_clock = bucket._clock if isinstance(bucket, TokenBucket) else None
         self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, clock, random)
         #: Names this interceptor in OpenTelemetry metrics and logs.
         self.name = name or f"interceptor-{next(_NUMBERS)}"
@@ -114,8 +116,14 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
             reservation = self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[assignment]
         if reservation is not None and reservation.delay > 0:
             self._settings.stats.add("token_wait_seconds", reservation.delay)
+            delay = reservation.delay
+            if self._ready_clock is not None:
+                # Sleep to the slot's absolute time: a pause (e.g. garbage
+                # collection) between reserve() and here would otherwise push
+                # this waiter behind later ones and break FIFO order.
+                delay = reservation.ready_at - self._ready_clock()  # type: ignore[attr-defined]
             try:
-                await asyncio.sleep(reservation.delay)
+                await asyncio.sleep(delay)
             except asyncio.CancelledError:
                 reservation.cancel()
                 raise
