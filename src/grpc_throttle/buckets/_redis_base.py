@@ -294,13 +294,8 @@ class RedisBucketBase(SharedAdaptation):
         Slots this process already holds from Redis still fire while Redis is
         down; a fallback starting afresh beside them would exceed the rate.
         """
-        local = self._local
-        if self._redis_until <= self._clock():
-            return
-        with local._lock:  # the fallback's own state: when its next slot may be due
-            tat = self._redis_until + local._capacity * local._interval
-            if tat > local._tat:
-                local._tat = tat
+        if self._redis_until > self._clock():
+            self._local.hold_until(self._redis_until)
 
     def _fallback_level(self) -> float:
         if self._settings.on_failure == "fail":

@@ -345,6 +345,17 @@ class TokenBucket:
             time.sleep(reservation.delay)
         return True
 
+    def hold_until(self, when: float) -> None:
+        """Hand out no slot due earlier than one interval after ``when`` (bucket clock).
+
+        For a bucket that takes over from another schedule whose slots, up to
+        ``when``, are still firing (the Redis bucket's fallback).
+        """
+        with self._lock:
+            tat = when + self._capacity * self._interval
+            if tat > self._tat:
+                self._tat = tat
+
     def available(self) -> float:
         """Tokens that could be taken now without waiting (negative when queued)."""
         with self._lock:
