@@ -173,6 +173,70 @@ def test_a_throttled_answer_slows_every_interceptor_sharing_the_bucket(echo_serv
     assert events[0].reason == "throttle" and events[1].attempt == 1
 
 
+def _order(script: Any) -> list[str]:
+    with script.lock:
+        return [entry[1] for entry in script.log]
+
+
+@pytest.mark.parametrize("wrap", ["intercept_channel", "ThrottledChannel"])
+def test_a_cut_re_spaces_the_calls_already_waiting(echo_server: EchoServer, wrap: str) -> None:
+    # Six calls queued at 20/s (slots 0.05 s apart); the rate is then cut to 5/s.
+    # Without re-spacing the queue would still go out at 20/s (0.25 s in all).
+    bucket = TokenBucket(rate=20)
+    interceptor = ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
+    raw = grpc.insecure_channel(echo_server.target)
+    grpc.channel_ready_future(raw).result(timeout=10)
+    channel = (
+        grpc.intercept_channel(raw, interceptor) if wrap == "intercept_channel" else ThrottledChannel(raw, interceptor)
+    )
+    stub = echo_pb2_grpc.EchoStub(channel)
+    futures = [stub.Unary.future(request(f"{i}:ok")) for i in range(6)]
+    bucket.set_effective_rate(5)
+    for future in futures:
+        future.result(timeout=10)
+    channel.close()
+    arrivals = echo_server.script.arrivals()
+    assert _order(echo_server.script) == [str(i) for i in range(6)]  # still first come, first served
+    assert arrivals[-1] - arrivals[0] > 0.7  # about 1.0 s: five gaps of 0.2 s
+    assert interceptor.stats().token_wait_seconds > 2.0  # the longer waits are counted
+
+
+async def test_aio_a_cut_re_spaces_the_calls_already_waiting() -> None:
+    async with AioEchoServer() as server:
+        bucket = TokenBucket(rate=20)
+        interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
+        async with grpc.aio.insecure_channel(server.target, interceptors=[interceptor]) as channel:
+            await channel.channel_ready()
+            stub = echo_pb2_grpc.EchoStub(channel)
+            tasks = [asyncio.ensure_future(stub.Unary(request(f"{i}:ok"))) for i in range(6)]
+            await asyncio.sleep(0.01)  # every task holds its reservation
+            bucket.set_effective_rate(5)
+            await asyncio.gather(*tasks)
+        arrivals = server.script.arrivals()
+        assert _order(server.script) == [str(i) for i in range(6)]
+        assert arrivals[-1] - arrivals[0] > 0.7
+
+
+def test_a_wait_stretched_past_the_deadline_is_a_deadline_error(echo_server: EchoServer) -> None:
+    bucket = TokenBucket(rate=10)
+    interceptor = ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
+    channel = ThrottledChannel(grpc.insecure_channel(echo_server.target), interceptor)
+    stub = echo_pb2_grpc.EchoStub(channel)
+    first = stub.Unary.future(request("a:ok"))
+    late = stub.Unary.future(request("b:ok"), timeout=0.5)  # due in 0.1 s: fits
+    bucket.set_effective_rate(0.5)  # now due in 2 s: it does not
+    first.result(timeout=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        late.result(timeout=10)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "was not sent" in caught.value.details()
+    assert _order(echo_server.script) == ["a"]  # never sent
+    # Its slot came back: only the first call's token, stretched to 2 s, is out
+    # (about 0.05 tokens left 0.1 s after the cut; about -0.95 if it had not).
+    assert bucket.available() == pytest.approx(0.05, abs=0.3)
+    channel.close()
+
+
 # -- stats and hooks count what the server saw -------------------------------------------
 
 

@@ -143,9 +143,9 @@ def test_holes_of_an_older_rate_are_never_given_back(make: Make, redis_client: A
     for reservation in reversed(later):
         reservation.cancel()  # back to the rescaled tail of first, no further
     assert redis_client.exists(bucket.key + ":holes") == 0
-    # first[4] still holds its slot 0.4 s away; the schedule's tail stays
-    # there, one new interval (0.2 s) on: 0.6 s of debt at 5/s is 3 tokens.
-    assert bucket.available() == pytest.approx(-2, abs=0.5)
+    # The cut stretched the five queued slots to the new rate (tail 1.0 s
+    # away instead of 0.5 s): 1.0 s of debt at 5/s is 5 tokens, 4 queued.
+    assert bucket.available() == pytest.approx(-4, abs=0.5)
 
 
 def test_more_concurrent_calls_than_a_default_pool_stay_shared(

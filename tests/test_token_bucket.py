@@ -106,9 +106,41 @@ def test_rate_can_change_live() -> None:
     nxt = bucket.reserve()
     # The queued caller keeps its time; the next one follows it at the new rate.
     assert nxt is not None and nxt.ready_at - queued.ready_at == pytest.approx(0.1)  # type: ignore[union-attr]
+    assert queued.due_in() == pytest.approx(1.0) and nxt.due_in() == pytest.approx(1.1)  # type: ignore[union-attr]
     bucket.rate = 0.5
+    # A cut re-spaces the queue at the new rate: each waiter, asking again
+    # when its old time comes, learns its new one; the next caller follows.
+    assert queued.due_in() == pytest.approx(20.0) and nxt.due_in() == pytest.approx(22.0)  # type: ignore[union-attr]
     slower = bucket.reserve()
     assert slower is not None and slower.ready_at - nxt.ready_at == pytest.approx(2.0, rel=0.05)
+
+
+def test_a_cut_re_spaces_the_callers_already_waiting() -> None:
+    bucket, clock = make(rate=10)
+    queued = [bucket.reserve() for _ in range(5)]  # due at 0, 0.1, ... 0.4
+    clock.advance(0.15)  # two have gone
+    bucket.set_effective_rate(5)
+    # Those still waiting keep their order and are now 0.2 s apart, counted
+    # from the cut: 0.2 -> 0.25, 0.3 -> 0.35, 0.4 -> 0.45 (bucket clock).
+    due = [r.due_in() for r in queued]  # type: ignore[union-attr]
+    assert due == pytest.approx([0.0, 0.0, 0.1, 0.3, 0.5])
+    assert bucket.reserve().delay == pytest.approx(0.7)  # type: ignore[union-attr]
+    # Cancelling a re-spaced waiter at the tail gives its new slot back.
+    tail = bucket.reserve()
+    tail.cancel()  # type: ignore[union-attr]
+    assert bucket.reserve().delay == pytest.approx(0.9)  # type: ignore[union-attr]
+    # A speed-up leaves the waiters' slots where they are.
+    bucket.set_effective_rate(10)
+    assert [r.due_in() for r in queued] == pytest.approx([0.0, 0.0, 0.1, 0.3, 0.5])  # type: ignore[union-attr]
+
+
+def test_a_waiter_cancelled_after_a_cut_gives_back_its_new_slot() -> None:
+    bucket, clock = make(rate=10)
+    queued = [bucket.reserve() for _ in range(4)]  # due at 0 ... 0.3
+    bucket.set_effective_rate(5)  # 0.1 -> 0.2, 0.2 -> 0.4, 0.3 -> 0.6, tail 0.8
+    clock.advance(0.5)
+    queued[3].cancel()  # type: ignore[union-attr]  # not due until 0.6 now: its slot comes back
+    assert bucket.reserve().delay == pytest.approx(0.1)  # type: ignore[union-attr]
 
 
 def test_effective_rate_never_exceeds_the_configured_rate() -> None:

@@ -24,7 +24,9 @@ class BucketReservation(Protocol):
     #: Seconds to wait before going ahead, from when the reservation was made.
     delay: float
     # Optional: ``round`` (int), the bucket's adaptation round when it was
-    # made, passed back to ``record_throttle`` by buckets that adapt.
+    # made, passed back to ``record_throttle`` by buckets that adapt; and
+    # ``due_in()`` (seconds still to wait, asked again once ``delay`` has
+    # passed) by buckets whose cuts re-space callers already waiting.
 
     def cancel(self) -> None:
         """Give the tokens back if the reservation is not due yet."""

@@ -50,19 +50,41 @@ def reserve(
 def rescale(tat: float, now: float, old_interval: float, new_interval: float, capacity: float = 1.0) -> float:
     """Carry a bucket's state over to a new rate.
 
-    Callers already given a slot in the future keep it (they are sleeping
-    toward it), so while such slots exist the schedule keeps its tail where
-    it is and the next slot comes one *new* interval after the last one
-    handed out. Otherwise the bucket keeps its token level (a full bucket
-    stays full). Both branches meet at ``tat = now + capacity * old_interval``,
-    so the mapping is continuous and increasing: the order of any two points
-    of the schedule (and of cancelled holes in it) is preserved.
+    The number of tokens queued (or available) is kept; what changes is how
+    they are spaced:
+
+    * On a slowdown the whole schedule ahead of ``now`` is stretched by
+      ``new_interval / old_interval``: the calls already queued are spread at
+      the new rate rather than sent at the old one, so a cut takes effect at
+      once instead of after the queue drains. Waiters re-read their slot
+      (``Reservation.due_in()``) and sleep the difference;
+      one that does not simply goes earlier, inside the stretched window,
+      which still holds the same number of calls.
+    * On a speed-up, callers already given a slot keep it (they are sleeping
+      toward it and would not wake earlier), so while such slots exist the
+      tail stays where it is and the next slot comes one *new* interval after
+      the last one handed out. Otherwise the token level is kept.
+
+    Both mappings are continuous and increasing, so the order of any two
+    points of the schedule (and of cancelled holes in it) is preserved.
     """
     if tat <= now:
         return tat
-    if tat - capacity * old_interval >= now:
+    if new_interval < old_interval and tat - capacity * old_interval >= now:
         return tat - capacity * (old_interval - new_interval)
     return now + (tat - now) * new_interval / old_interval
+
+
+def retime_ready(ready: float, now: float, old_interval: float, new_interval: float) -> float:
+    """Where a slot due at ``ready`` moves when the rate changes at ``now``.
+
+    The same mapping as :func:`rescale`, for the instant a caller may go ahead
+    (``tat - capacity * interval``) rather than for the bucket's tail: slots
+    ahead are stretched on a slowdown and kept on a speed-up.
+    """
+    if ready <= now or new_interval <= old_interval:
+        return ready
+    return now + (ready - now) * new_interval / old_interval
 
 
 def level(tat: float, now: float, interval: float, capacity: float) -> float:

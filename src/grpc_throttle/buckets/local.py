@@ -56,6 +56,17 @@ class Reservation:
         self._tat = tat
         self._epoch = epoch
 
+    def due_in(self) -> float:
+        """Seconds until the caller may go ahead, as of now (0 once due).
+
+        Normally ``ready_at - now``. When the bucket's rate was cut after the
+        reservation was made, the queue ahead is re-spaced at the new rate and
+        this slot moves later: a waiter that wakes at :attr:`ready_at` asks
+        again and sleeps the difference, so a cut slows the calls already
+        waiting too, not only those that come after it.
+        """
+        return self._bucket._due_in(self)
+
     def cancel(self) -> None:
         """Give the tokens back if the reservation is not due yet.
 
@@ -341,8 +352,10 @@ class TokenBucket:
         reservation = self.reserve(tokens, max_wait=max_wait)
         if reservation is None:
             return False
-        if reservation.delay > 0:
-            time.sleep(reservation.delay)
+        delay = reservation.delay
+        while delay > 0:
+            time.sleep(delay)
+            delay = reservation.due_in()
         return True
 
     def hold_until(self, when: float) -> None:
@@ -368,25 +381,55 @@ class TokenBucket:
                 f"tokens must be <= capacity ({self._capacity:g}) or it could never be granted, got {tokens!r}"
             )
 
+    def _due_in(self, reservation: Reservation) -> float:
+        if reservation._epoch != self._epoch and reservation._epoch >= 0:
+            # The rate changed since: carry the slot over (read without the
+            # lock, the epoch can only be stale by a change that happens after
+            # this caller was let go, which is the same as it going first).
+            with self._lock:
+                self._carry_locked(reservation)
+        wait = reservation.ready_at - self._clock()
+        return wait if wait > _EPSILON else 0.0
+
+    def _carry_locked(self, reservation: Reservation) -> bool:
+        """Move a reservation's slot through the rate changes since it was made.
+
+        Exactly as the bucket's own state was carried (same arithmetic, so the
+        tail comparison in _cancel stays exact). False when it is older than
+        the changes remembered, or cancelled: it is then left as it is.
+        """
+        behind = self._epoch - reservation._epoch
+        if reservation._epoch < 0 or behind > len(self._rescales):
+            return False
+        if behind:
+            end, start, ready = reservation._tat, reservation._start, reservation.ready_at
+            rescale, capacity = _gcra.rescale, self._capacity
+            respaced = False
+            for when, old, new in list(self._rescales)[len(self._rescales) - behind :]:
+                end = rescale(end, when, old, new, capacity)
+                start = rescale(start, when, old, new, capacity)
+                moved = _gcra.retime_ready(ready, when, old, new)
+                respaced = respaced or moved != ready
+                ready = moved
+            reservation._tat, reservation._start, reservation.ready_at = end, start, ready
+            reservation._epoch = self._epoch
+            if respaced:
+                # It now goes out at the new rate: a throttled answer to it says
+                # that rate is still too high, a new signal (see record_throttle).
+                reservation.round = self._round
+        return True
+
     def _cancel(self, reservation: Reservation) -> None:
         # Only a reservation at the tail of the schedule can give its slot back
         # without letting a later caller overtake one that is already queued;
         # earlier ones are remembered and given back once the tail reaches them.
         with self._lock:
-            behind = self._epoch - reservation._epoch
-            if reservation._epoch < 0 or behind > len(self._rescales):
+            if not self._carry_locked(reservation):
                 return  # cancelled already, or older than the rate changes kept
             reservation._epoch = -1  # a second cancel does nothing
             if reservation.ready_at <= self._clock():
                 return
             end, start = reservation._tat, reservation._start
-            if behind:
-                # Carry the slot through every rate change since, exactly as
-                # the bucket's own state was carried (same arithmetic, so the
-                # tail comparison below stays exact).
-                for when, old, new in list(self._rescales)[len(self._rescales) - behind :]:
-                    end = _gcra.rescale(end, when, old, new, self._capacity)
-                    start = _gcra.rescale(start, when, old, new, self._capacity)
             if end != self._tat:
                 self._holes[end] = start
                 return

@@ -140,6 +140,11 @@ class ThrottledCall(grpc.Call, _bases.Future):
             reservation.cancel()
 
     def _send(self) -> None:
+        reservation = self._reservation
+        if reservation is not None:
+            if self._wait_longer(reservation):
+                return
+            self._round = getattr(reservation, "round", 0)  # a cut may have re-spaced it
         with self._lock:
             if self._done:
                 return
@@ -165,6 +170,29 @@ class ThrottledCall(grpc.Call, _bases.Future):
                 return
             self._inner = inner
         inner.add_done_callback(self._on_attempt_done)
+
+    def _wait_longer(self, reservation: BucketReservation) -> bool:
+        """Park again when the bucket's rate was cut while we waited (see due_in)."""
+        due_in = getattr(reservation, "due_in", None)
+        if due_in is None:
+            return False
+        wait: float = due_in()
+        if wait <= 0:
+            return False
+        remaining = self._state.remaining()
+        if wait > remaining:
+            with self._lock:
+                if self._done:
+                    return True
+                self._reservation = None
+            reservation.cancel()
+            self._give_up_on_deadline(wait, remaining)
+            return True
+        self._settings.stats.add("token_wait_seconds", wait)
+        with self._lock:
+            if not self._done:
+                self._park(wait, self._send)
+        return True
 
     def _on_attempt_done(self, inner: Any) -> None:
         # Runs on grpc's callback thread for .future(): anything raised here

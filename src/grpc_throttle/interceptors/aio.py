@@ -122,8 +122,16 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
                 # collection) between reserve() and here would otherwise push
                 # this waiter behind later ones and break FIFO order.
                 delay = reservation.ready_at - self._ready_clock()  # type: ignore[attr-defined]
+            due_in = getattr(reservation, "due_in", None)
             try:
                 await asyncio.sleep(delay)
+                # A rate cut while we slept re-spaces the queue: wait the difference.
+                while due_in is not None and (delay := due_in()) > 0:
+                    if delay > state.remaining():
+                        reservation.cancel()
+                        return None  # as if the wait had been known at first
+                    self._settings.stats.add("token_wait_seconds", delay)
+                    await asyncio.sleep(delay)
             except asyncio.CancelledError:
                 reservation.cancel()
                 raise

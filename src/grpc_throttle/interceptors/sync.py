@@ -160,8 +160,18 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
             raise deadline_error(None, remaining)
         if reservation.delay > 0:
             settings.stats.add("token_wait_seconds", reservation.delay)
+            due_in = getattr(reservation, "due_in", None)
             try:
                 time.sleep(reservation.delay)
+                # A rate cut while we slept re-spaces the queue: wait the difference.
+                while due_in is not None and (delay := due_in()) > 0:
+                    remaining = math.inf if deadline is None else deadline - settings.clock()
+                    if delay > remaining:
+                        reservation.cancel()
+                        settings.stats.add("deadline_rejections")
+                        raise deadline_error(delay, remaining)
+                    settings.stats.add("token_wait_seconds", delay)
+                    time.sleep(delay)
             except BaseException:
                 reservation.cancel()
                 raise

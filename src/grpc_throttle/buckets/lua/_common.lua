@@ -11,6 +11,7 @@
 --   wm   the recovery target (CUBIC's w_max), tokens/s
 --   ld   when the last decrease happened (microseconds); '' once recovered
 --   k    seconds from that decrease until the curve reaches wm
+--   lm   the rate at the last decrease (CUBIC's W_last_max); '' once recovered
 --
 -- Time is Redis's own TIME, so hosts whose clocks disagree share one schedule.
 -- On Redis < 5 a script that calls TIME and then writes needs
@@ -31,9 +32,10 @@ end
 
 -- Put the rate in force (the caller's configured rate, capped by the shared
 -- effective rate) into s.iv, carrying the schedule over as _gcra.rescale
--- does: while slots handed out lie ahead, the tail stays where it is and the
--- next slot comes one new interval after the last of them; otherwise the
--- token level is kept.
+-- does: on a slowdown the schedule ahead is stretched (the tokens queued are
+-- kept, spaced at the new rate); on a speed-up, while slots handed out lie
+-- ahead, the tail stays where it is and the next slot comes one new interval
+-- after the last of them; otherwise the token level is kept.
 local function retime(s, now, rate, capacity)
   local r = rate
   if s.eff and s.eff < r then
@@ -42,7 +44,7 @@ local function retime(s, now, rate, capacity)
   local iv = 1e6 / r
   if iv ~= s.iv then
     if s.iv and s.tat > now then
-      if s.tat - capacity * s.iv >= now then
+      if iv < s.iv and s.tat - capacity * s.iv >= now then
         s.tat = s.tat - capacity * (s.iv - iv)
       else
         s.tat = now + (s.tat - now) * iv / s.iv
@@ -57,14 +59,15 @@ end
 -- Load the bucket at the rate in force. An effective rate set explicitly
 -- (new_eff) holds until changed: set again, or lowered by a throttle signal.
 local function load(key, now, rate, new_eff, capacity)
-  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k')
+  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k', 'lm')
   local s = {tat = tonumber(st[1]) or now, iv = tonumber(st[2]), eff = tonumber(st[3]), ep = tonumber(st[4]) or 0}
   s.exp, s.rd, s.wm, s.ld, s.k = tonumber(st[5]), tonumber(st[6]), tonumber(st[7]), tonumber(st[8]), tonumber(st[9])
+  s.lm = tonumber(st[10])
   if new_eff then
     s.eff = new_eff
     s.rate_changed = true
-    if s.ld then -- no recovery from a rate set on purpose
-      s.ld = nil
+    if s.ld or s.lm then -- no recovery from a rate set on purpose
+      s.ld, s.lm = nil, nil
       s.curve_changed = true
     end
   end
@@ -95,7 +98,11 @@ local function store(key, s, now, capacity)
       if s.ld then
         ld = fmt(s.ld)
       end
-      for _, v in ipairs({'rd', fmt(s.rd or 0), 'wm', fmt(s.wm or s.eff), 'ld', ld, 'k', fmt(s.k or 0)}) do
+      local lm = ''
+      if s.lm then
+        lm = fmt(s.lm)
+      end
+      for _, v in ipairs({'rd', fmt(s.rd or 0), 'wm', fmt(s.wm or s.eff), 'ld', ld, 'k', fmt(s.k or 0), 'lm', lm}) do
         fields[#fields + 1] = v
       end
     end
