@@ -33,7 +33,7 @@ def test_signals_from_one_round_count_once() -> None:
     assert bucket.effective_rate == pytest.approx(4.9)
 
 
-def test_recovery_follows_the_cubic_to_just_below_the_throttled_rate_then_probes_slowly() -> None:
+def test_recovery_follows_the_cubic_to_just_below_the_throttled_rate_then_probes_convexly() -> None:
     bucket, clock = make(rate=10)
     bucket.record_throttle(bucket.round)
     w_max = 10 * (1 - 0.02)  # the headroom: just below where it was throttled
@@ -47,12 +47,45 @@ def test_recovery_follows_the_cubic_to_just_below_the_throttled_rate_then_probes
     assert seen[-1] == pytest.approx(w_max, rel=0.011)  # at t = k, within the 1% step
     mid = _cubic.on_success(AdaptiveRate(), _cubic.CubicState(7.0, w_max, 0.0, k), 10.0, k / 2)
     assert mid.rate == pytest.approx(0.4 * (k / 2 - k) ** 3 + w_max)  # the concave part
-    clock.advance(5)  # past k: +0.2% of the configured rate per second
+    clock.advance(5)  # past k: the convex branch, (5/10)**3 of the gap left
     bucket.record_success()
-    assert bucket.effective_rate == pytest.approx(w_max + 0.002 * 10 * 5, rel=0.011)
-    clock.advance(10)  # 2% headroom at 0.2%/s: back at the configured rate in ~10 s
+    assert bucket.effective_rate == pytest.approx(w_max + (10 - w_max) * 0.5**3, rel=0.011)
+    clock.advance(5.001)  # probe_time (10 s) past k: back at the configured rate
     bucket.record_success()
     assert bucket.effective_rate == 10.0
+
+
+def test_a_client_cut_far_below_its_rate_is_back_within_probe_time() -> None:
+    # Another client shared the quota and left: minutes of linear probing
+    # would waste it, the convex branch takes probe_time past k.
+    state = _cubic.CubicState(rate=2.0, w_max=2.0, last_decrease=0.0, k=0.0)
+    config = AdaptiveRate(probe_time=8.0)
+    assert _cubic.on_success(config, state, 10.0, 4.0).rate == pytest.approx(2.0 + 8.0 / 8)
+    assert _cubic.on_success(config, state, 10.0, 8.0).rate == 10.0
+
+
+def test_a_throttle_below_the_last_throttled_rate_aims_lower_fast_convergence() -> None:
+    bucket, clock = make(rate=10)
+    bucket.record_throttle(bucket.round)  # at 10: down to 7, aiming back at 9.8
+    assert bucket._cubic.w_max == pytest.approx(9.8)
+    clock.advance(0.5)
+    bucket.record_success()
+    at = bucket.effective_rate
+    assert 7 < at < 9.8
+    bucket.record_throttle(bucket.round)  # throttled again below 10: the limit is lower
+    assert bucket.effective_rate == pytest.approx(at * 0.7)
+    assert bucket._cubic.w_max == pytest.approx(at * (1 + 0.7) / 2 * 0.98)  # not at * 0.98
+    # A throttle at a higher rate than the last one aims back at that rate.
+    state = _cubic.on_throttle(AdaptiveRate(), _cubic.CubicState(9.0, 9.0, last_max=8.0), 10.0, 0.0)
+    assert state.w_max == pytest.approx(9.0 * 0.98) and state.last_max == 9.0
+
+
+def test_fast_convergence_can_be_turned_off() -> None:
+    config = AdaptiveRate(fast_convergence=False)
+    state = _cubic.on_throttle(config, _cubic.CubicState(6.0, 6.0, last_max=8.0), 10.0, 0.0)
+    assert state.w_max == pytest.approx(6.0 * 0.98)
+    with pytest.raises(ValueError, match="fast_convergence"):
+        AdaptiveRate(fast_convergence="yes")  # type: ignore[arg-type]
 
 
 def test_the_rate_never_goes_below_the_floor() -> None:
@@ -131,7 +164,7 @@ def test_a_listener_that_raises_is_logged_not_propagated(caplog: pytest.LogCaptu
         ({"min_fraction": 2}, "min_fraction"),
         ({"min_rate": 0}, "min_rate"),
         ({"headroom": 0.5}, "headroom"),
-        ({"probe": 0}, "probe"),
+        ({"probe_time": 0}, "probe_time"),
     ],
 )
 def test_bad_adaptive_values_name_the_field(kwargs: dict[str, float], field: str) -> None:

@@ -25,7 +25,7 @@ from grpc_throttle.buckets.redis import RedisTokenBucket
 #: Every bucket backend; each test below runs once per entry.
 BACKENDS = ["local", "redis"]
 #: Recovers in well under a second.
-FAST = AdaptiveRate(beta=0.5, scale=50.0, probe=0.5)
+FAST = AdaptiveRate(beta=0.5, scale=50.0, probe_time=1.0)
 
 Bucket = TokenBucket | RedisTokenBucket
 Make = Callable[..., Bucket]

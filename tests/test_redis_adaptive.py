@@ -21,7 +21,7 @@ from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 
 Make = Callable[..., RedisTokenBucket]
 #: Recovers in well under a second: beta 0.5, then back to the configured rate fast.
-FAST = AdaptiveRate(beta=0.5, scale=50.0, probe=0.5)
+FAST = AdaptiveRate(beta=0.5, scale=50.0, probe_time=1.0)
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_successes_cost_nothing_at_the_configured_rate_and_little_while_recoveri
     make: Make,
     redis_client: Any,  # noqa: F811
 ) -> None:
-    bucket = make(rate=10, adaptive=AdaptiveRate(beta=0.5, scale=1.0, probe=0.5))
+    bucket = make(rate=10, adaptive=AdaptiveRate(beta=0.5, scale=1.0, probe_time=1.0))
     reserve(bucket)
     before = evalsha_calls(redis_client)
     for _ in range(200):
@@ -177,12 +177,12 @@ def test_a_recovery_step_never_pulls_a_slot_closer_than_an_interval_to_one_hande
 
 
 def test_the_scripts_do_the_cubic_arithmetic(redis_client: Any, bucket_key: str) -> None:  # noqa: F811
-    config = AdaptiveRate(beta=0.6, scale=2.0, probe=0.05)
+    config = AdaptiveRate(beta=0.6, scale=2.0, probe_time=2.0)
     throttle = redis_client.register_script(SCRIPTS["throttle"])
     success = redis_client.register_script(SCRIPTS["recover"])
     key, rate = f"grpc-throttle:{bucket_key}", 20.0
     floor = repr(config.floor(rate))
-    args = [repr(rate), "1", "0", repr(config.beta), repr(config.scale), repr(config.headroom), floor]
+    args = [repr(rate), "1", "0", repr(config.beta), repr(config.scale), repr(config.headroom), floor, "1"]
     _, iv, rd, since, k, w_max = throttle(keys=[key], args=args).split()
     expected = _cubic.on_throttle(config, _cubic.CubicState(rate, rate), rate, 0.0)
     assert (1e6 / float(iv), float(w_max), float(k)) == pytest.approx((expected.rate, expected.w_max, expected.k))
@@ -190,11 +190,17 @@ def test_the_scripts_do_the_cubic_arithmetic(redis_client: Any, bucket_key: str)
     state = expected
     for _ in range(6):
         time.sleep(0.15)
-        args = [repr(rate), "1", repr(config.scale), repr(config.probe), floor, repr(_cubic.MIN_CHANGE)]
+        args = [repr(rate), "1", repr(config.scale), repr(config.probe_time), floor, repr(_cubic.MIN_CHANGE)]
         _, iv, _, *curve = success(keys=[key], args=args).split()
         t = float(curve[0]) / 1e6 if curve else 0.0
         state = _cubic.on_success(config, state, rate, t)
         assert 1e6 / float(iv) == pytest.approx(state.rate)
+    # A second throttle below the first one's rate: fast convergence, as _cubic does it.
+    args = [repr(rate), "1", "1", repr(config.beta), repr(config.scale), repr(config.headroom), floor, "1"]
+    _, iv, rd, since, k, w_max = throttle(keys=[key], args=args).split()
+    expected = _cubic.on_throttle(config, state, rate, 0.0)
+    assert expected.w_max < state.rate * (1 - config.headroom)  # the lower target was taken
+    assert (1e6 / float(iv), float(w_max), float(k)) == pytest.approx((expected.rate, expected.w_max, expected.k))
 
 
 # -- listeners, reservations, configuration ---------------------------------

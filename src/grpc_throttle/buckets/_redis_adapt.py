@@ -1,7 +1,7 @@
 """Rate adaptation for the Redis bucket: one CUBIC curve per key, shared in Redis.
 
 :class:`~grpc_throttle.TokenBucket` keeps its curve (``_cubic``) under a lock;
-a Redis bucket keeps it in the key's hash (``rd wm ld k`` beside ``eff``,
+a Redis bucket keeps it in the key's hash (``rd wm ld k lm`` beside ``eff``,
 see ``lua/_common.lua``) and moves it with ``lua/throttle.lua`` and
 ``lua/recover.lua`` on Redis's clock, so that every process on the key slows
 down together, a throttle signal counts once per round across processes, and
@@ -177,12 +177,13 @@ class SharedCurve:
         """Arguments of ``throttle.lua`` after the rate and capacity."""
         config = self._config()
         floor = config.floor(configured)
-        return [str(round), repr(config.beta), repr(config.scale), repr(config.headroom), repr(floor)]
+        fast = "1" if config.fast_convergence else "0"
+        return [str(round), repr(config.beta), repr(config.scale), repr(config.headroom), repr(floor), fast]
 
     def recover_args(self, configured: float) -> list[str]:
         """Arguments of ``recover.lua`` after the rate and capacity."""
         config = self._config()
-        return [repr(config.scale), repr(config.probe), repr(config.floor(configured)), repr(_cubic.MIN_CHANGE)]
+        return [repr(config.scale), repr(config.probe_time), repr(config.floor(configured)), repr(_cubic.MIN_CHANGE)]
 
     def _config(self) -> AdaptiveRate:
         if self.adaptive is None:
