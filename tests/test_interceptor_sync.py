@@ -323,6 +323,46 @@ def test_a_streaming_call_whose_token_is_beyond_its_deadline_fails(make_stub: An
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+def test_a_streaming_call_waiting_for_its_token_is_re_spaced_by_a_cut(make_stub: Any) -> None:
+    bucket = TokenBucket(rate=20)
+    stub, _ = make_stub(bucket)
+    bucket.reserve()
+    bucket.reserve()  # the stream's slot is 0.1 s away at 20/s
+    outcome: list[Any] = []
+    started = time.monotonic()
+    worker = threading.Thread(
+        target=lambda: outcome.append([r.text for r in stub.ServerStream(echo_pb2.EchoRequest(text="s:ok"))])
+    )
+    worker.start()
+    time.sleep(0.03)  # it sleeps toward its slot
+    bucket.set_effective_rate(2)  # ten times slower: the slot moves to about 0.8 s
+    worker.join(timeout=10)
+    assert outcome == [["s:ok"]]
+    assert time.monotonic() - started > 0.5
+
+
+def test_a_streaming_call_re_spaced_past_its_deadline_fails_unsent(make_stub: Any, echo_server: EchoServer) -> None:
+    bucket = TokenBucket(rate=20)
+    stub, _ = make_stub(bucket)
+    bucket.reserve()
+    bucket.reserve()
+    errors: list[Any] = []
+
+    def call() -> None:
+        try:
+            list(stub.ServerStream(echo_pb2.EchoRequest(text="s:ok"), timeout=0.4))
+        except grpc.RpcError as error:
+            errors.append(error.code())
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    time.sleep(0.03)
+    bucket.set_effective_rate(2)
+    worker.join(timeout=10)
+    assert errors == [grpc.StatusCode.DEADLINE_EXCEEDED]
+    assert echo_server.script.arrivals() == []
+
+
 # -- sharing -------------------------------------------------------------------------
 
 

@@ -404,19 +404,15 @@ class TokenBucket:
         if behind:
             end, start, ready = reservation._tat, reservation._start, reservation.ready_at
             rescale, capacity = _gcra.rescale, self._capacity
-            respaced = False
             for when, old, new in list(self._rescales)[len(self._rescales) - behind :]:
                 end = rescale(end, when, old, new, capacity)
                 start = rescale(start, when, old, new, capacity)
-                moved = _gcra.retime_ready(ready, when, old, new)
-                respaced = respaced or moved != ready
-                ready = moved
+                ready = _gcra.retime_ready(ready, when, old, new)
+            # Its round stays the one it was made in: it goes out right after
+            # the cut, while the server may still count the sends before it
+            # (a 1 s window), so a throttled answer to it is no new signal.
             reservation._tat, reservation._start, reservation.ready_at = end, start, ready
             reservation._epoch = self._epoch
-            if respaced:
-                # It now goes out at the new rate: a throttled answer to it says
-                # that rate is still too high, a new signal (see record_throttle).
-                reservation.round = self._round
         return True
 
     def _cancel(self, reservation: Reservation) -> None:

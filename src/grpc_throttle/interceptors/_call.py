@@ -141,10 +141,8 @@ class ThrottledCall(grpc.Call, _bases.Future):
 
     def _send(self) -> None:
         reservation = self._reservation
-        if reservation is not None:
-            if self._wait_longer(reservation):
-                return
-            self._round = getattr(reservation, "round", 0)  # a cut may have re-spaced it
+        if reservation is not None and self._wait_longer(reservation):
+            return
         with self._lock:
             if self._done:
                 return
