@@ -16,11 +16,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import conftest_redis
+import grpc
 import pytest
 from conftest_redis import bucket_key, redis_server  # noqa: F401
+from scripted import ECHO_POLICY
 
-from grpc_throttle import AdaptiveRate, TokenBucket
+from grpc_throttle import AdaptiveRate, ThrottledChannel, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.buckets.redis import RedisTokenBucket
+from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
 
 #: Every bucket backend; each test below runs once per entry.
 BACKENDS = ["local", "redis"]
@@ -112,6 +115,22 @@ def test_the_rate_can_change_live(make: Make) -> None:
     # The queued caller keeps its slot (1 s away); the next follows it at the new rate.
     assert a.delay == pytest.approx(1.25, abs=0.2)
     assert bucket.rate == bucket.effective_rate == 4
+
+
+def test_a_cut_re_spaces_the_calls_an_interceptor_has_waiting(make: Make, echo_server: Any) -> None:
+    # Six calls queued at 20/s (0.25 s in all); a cut to 5/s spreads them over about 1 s.
+    bucket = make(rate=20)
+    interceptor = ThrottlingInterceptor(bucket, throttle=ECHO_POLICY)
+    channel = ThrottledChannel(grpc.insecure_channel(echo_server.target), interceptor)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    stub = echo_pb2_grpc.EchoStub(channel)
+    futures = [stub.Unary.future(echo_pb2.EchoRequest(text=f"{i}:ok")) for i in range(6)]
+    bucket.set_effective_rate(5)
+    for future in futures:
+        future.result(timeout=10)
+    channel.close()
+    arrivals = echo_server.script.arrivals()
+    assert len(arrivals) == 6 and arrivals[-1] - arrivals[0] > 0.7
 
 
 def test_a_throttle_signal_lowers_the_effective_rate_once_per_round(make: Make) -> None:

@@ -133,6 +133,51 @@ def test_cancelling_a_queue_in_creation_order_gives_it_all_back(make: Make) -> N
     assert reserve(bucket).delay <= 0.2
 
 
+def test_a_cut_re_spaces_the_waiters_holding_redis_slots(make: Make) -> None:
+    bucket = make(rate=20)
+    queued = [reserve(bucket) for _ in range(5)]  # due in 0, 0.05, ... 0.2 s
+    bucket.set_effective_rate(5)  # four times slower: the queue is stretched in Redis
+    left = [r.due_in() for r in queued]
+    assert left[0] == 0
+    assert left == sorted(left)  # still first come, first served
+    assert left[4] == pytest.approx(0.8, abs=0.15)
+    assert left[1] == pytest.approx(0.2, abs=0.1)
+    # The next caller comes one new interval (0.2 s) after the last of them.
+    assert reserve(bucket).delay == pytest.approx(1.0, abs=0.15)
+
+
+def test_a_cut_by_another_process_reaches_waiters_with_the_next_reply(make: Make) -> None:
+    bucket, other = make(rate=20), make(rate=20)
+    queued = [reserve(bucket) for _ in range(4)]  # due in up to 0.15 s
+    other.set_effective_rate(5)
+    assert queued[3].due_in() == pytest.approx(0.15, abs=0.1)  # not seen here yet: unchanged
+    reserve(bucket)  # its reply carries the new rate
+    assert queued[3].due_in() == pytest.approx(0.6, abs=0.15)
+
+
+def test_a_waiter_re_spaced_at_the_tail_can_still_give_its_slot_back(make: Make) -> None:
+    bucket = make(rate=20)
+    queued = [reserve(bucket) for _ in range(3)]
+    bucket.set_effective_rate(5)
+    assert queued[2].due_in() > 0.2  # carried into the new epoch
+    queued[2].cancel()
+    assert reserve(bucket).delay == pytest.approx(queued[2].ready_at - time.monotonic(), abs=0.1)
+
+
+def test_acquire_sleeps_until_the_re_spaced_slot(make: Make) -> None:
+    bucket = make(rate=20)
+    for _ in range(3):
+        reserve(bucket)
+    done: list[float] = []
+    started = time.monotonic()
+    worker = threading.Thread(target=lambda: done.append(bucket.acquire() and time.monotonic() - started))
+    worker.start()
+    time.sleep(0.03)
+    bucket.set_effective_rate(2)  # ten times slower: the fourth slot moves to about 1.3 s
+    worker.join(timeout=10)
+    assert done and done[0] > 0.8
+
+
 def test_holes_of_an_older_rate_are_never_given_back(make: Make, redis_client: Any) -> None:  # noqa: F811
     bucket = make(rate=10)
     first = [reserve(bucket) for _ in range(5)]
@@ -312,7 +357,7 @@ def test_keys_carry_a_ttl_and_a_namespace(make: Make, redis_client: Any) -> None
     assert 0 < redis_client.pttl(bucket.key) <= 2 * 100 + 120_000 + 1000
     bucket.set_effective_rate(5)
     assert redis_client.pttl(bucket.key) > 0
-    assert set(redis_client.hgetall(bucket.key)) == {b"tat", b"iv", b"ep", b"eff", b"exp"}
+    assert set(redis_client.hgetall(bucket.key)) == {b"tat", b"iv", b"ep", b"eff", b"exp", b"rs"}
 
 
 def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: Any) -> None:  # noqa: F811

@@ -91,6 +91,27 @@ async def test_acquire_waits_for_its_turn(make: Make) -> None:
     assert time.monotonic() - started >= 0.2
 
 
+async def test_a_cut_re_spaces_the_waiters_holding_redis_slots(make: Make) -> None:
+    bucket = make(rate=20)
+    queued = [await reserve(bucket) for _ in range(5)]
+    await bucket.set_effective_rate(5)
+    left = [await r.due_in() for r in queued]  # type: ignore[misc]
+    assert left[0] == 0 and left == sorted(left)
+    assert left[4] == pytest.approx(0.8, abs=0.15)
+
+
+async def test_acquire_sleeps_until_the_re_spaced_slot(make: Make) -> None:
+    bucket = make(rate=20)
+    for _ in range(3):
+        await reserve(bucket)
+    started = time.monotonic()
+    task = asyncio.ensure_future(bucket.acquire())
+    await asyncio.sleep(0.03)
+    await bucket.set_effective_rate(2)
+    assert await task
+    assert time.monotonic() - started > 0.8
+
+
 async def test_cancel_at_the_tail_gives_the_tokens_back(make: Make) -> None:
     bucket, other = make(rate=1), make(rate=1)
     await reserve(bucket)

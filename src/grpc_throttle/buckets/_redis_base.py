@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import _checks
@@ -33,7 +33,7 @@ class RedisReservation:
     :meth:`cancel` gives back the tokens no later reservation has overtaken.
     """
 
-    __slots__ = ("_bucket", "_done", "_place", "_slot", "delay", "ready_at", "round", "tokens")
+    __slots__ = ("_bucket", "_done", "_place", "_seen", "_slot", "delay", "ready_at", "round", "tokens")
 
     def __init__(
         self,
@@ -59,6 +59,19 @@ class RedisReservation:
         self._slot = slot
         #: Its place in Redis's schedule: start, end, when due (microseconds), epoch.
         self._place = place
+        #: The rate cuts this process had seen when it was made (see due_in).
+        self._seen = bucket._cuts_seen
+
+    def due_in(self) -> float | Awaitable[float]:
+        """Seconds until the caller may go ahead, as of now (0 once due).
+
+        As :meth:`Reservation.due_in <grpc_throttle.Reservation.due_in>`: when
+        this process has seen the shared rate cut since the reservation was
+        made, one round trip learns where the cut moved it (Redis stretches
+        the queue as the local bucket does). A coroutine on the asyncio bucket.
+        Leased slots and reservations made while Redis was down keep their time.
+        """
+        return self._bucket._due_in(self)
 
     def cancel(self) -> None:
         """Give the tokens back if the reservation is not due yet (best effort, idempotent)."""
@@ -81,6 +94,10 @@ class FreeReservation:
     def __init__(self, tokens: float) -> None:
         self.tokens = tokens
         self.delay = 0.0
+
+    def due_in(self) -> float:
+        """Always 0: go ahead now."""
+        return 0.0
 
     def cancel(self) -> None:
         """Nothing to give back."""
@@ -138,6 +155,8 @@ class RedisBucketBase(SharedAdaptation):
         self._local_until = 0.0
         #: Leased slots, with lease > 1.
         self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
+        #: Cuts of the shared rate seen in replies (or made here) so far.
+        self._cuts_seen = 0
 
     @property
     def rate(self) -> float:
@@ -185,8 +204,10 @@ class RedisBucketBase(SharedAdaptation):
             if self._pending_eff is not None:  # a rate set here has not reached Redis yet
                 return
             old = self._view.observe(now, received, iv, tail)
-            if old is not None and self._view.rate < old and self._pool is not None:
-                self._pool.clear()  # slots cut at the faster rate
+            if old is not None and self._view.rate < old:
+                self._cuts_seen += 1  # waiters ask where the cut moved them (due_in)
+                if self._pool is not None:
+                    self._pool.clear()  # slots cut at the faster rate
         self._view.notify(old)
 
     def _set_pending(self, value: float, reason: str | None = None) -> float:
@@ -194,6 +215,8 @@ class RedisBucketBase(SharedAdaptation):
         with self._lock:
             self._pending_eff = value
             old = self._view.set(value)
+            if value < old:
+                self._cuts_seen += 1
             if self._pool is not None:
                 self._pool.clear()
         self._local.set_effective_rate(value * self._settings.local_share)
@@ -333,6 +356,39 @@ class RedisBucketBase(SharedAdaptation):
 
     def _cancel(self, reservation: RedisReservation) -> None:
         raise NotImplementedError
+
+    def _due_in(self, reservation: RedisReservation) -> float | Awaitable[float]:
+        raise NotImplementedError
+
+    def _due_args(self, reservation: RedisReservation) -> list[str] | None:
+        """The due script's arguments, or None when the reservation's time stands.
+
+        It stands unless this process saw a cut since it was made, and only
+        for a reservation placed in Redis and not cancelled. A slot that was
+        due before the cut stays where it was (the script says so).
+        """
+        if reservation._seen == self._cuts_seen or reservation._slot is not None or reservation._done:
+            return None
+        reservation._seen = self._cuts_seen
+        start, end, due, epoch = reservation._place
+        return [self._rate_arg, self._capacity_arg, repr(start), repr(end), repr(due), str(epoch)]
+
+    def _moved(self, reservation: RedisReservation, reply: Any) -> float:
+        """Take the due script's ``ep start end due now`` reply; the seconds left."""
+        received = self._clock()
+        epoch, start, end, due, now = reply.split()
+        due_us = float(due)
+        reservation._place = (float(start), float(end), due_us, int(epoch))
+        ready_at = received + (due_us - float(now)) / 1e6
+        if ready_at > reservation.ready_at:
+            reservation.ready_at = ready_at
+            if ready_at > self._redis_until:
+                self._redis_until = ready_at
+        return self._left(reservation)
+
+    def _left(self, reservation: RedisReservation) -> float:
+        wait = reservation.ready_at - self._clock()
+        return wait if wait > 1e-9 else 0.0
 
     def __repr__(self) -> str:
         name = type(self).__name__

@@ -24,7 +24,7 @@ _POLICIES = ("local", "allow", "fail")
 _LUA = resources.files(__package__) / "lua"
 SCRIPTS = {
     name: (_LUA / "_common.lua").read_text("utf-8") + (_LUA / f"{name}.lua").read_text("utf-8")
-    for name in ("reserve", "cancel", "set_rate", "state")
+    for name in ("reserve", "cancel", "set_rate", "state", "due")
 }
 #: Their SHA1 digests, as EVALSHA names them.
 SHAS = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}

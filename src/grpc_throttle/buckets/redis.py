@@ -224,8 +224,11 @@ class RedisTokenBucket(RedisBucketBase):
         reservation = self.reserve(tokens, max_wait=math.inf if timeout is None else timeout)
         if reservation is None:
             return False
-        if reservation.delay > 0:
-            time.sleep(reservation.delay)
+        delay = reservation.delay
+        while delay > 0:
+            time.sleep(delay)
+            left = reservation.due_in()
+            delay = left if isinstance(left, float) else 0.0  # a float on this bucket
         return True
 
     def available(self) -> float:
@@ -345,6 +348,13 @@ class RedisTokenBucket(RedisBucketBase):
         except redis.RedisError:
             return None
         return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+    def _due_in(self, reservation: RedisReservation) -> float:
+        args = self._due_args(reservation)
+        if args is None:
+            return self._left(reservation)
+        reply = self._run_quietly("due", args)
+        return self._left(reservation) if reply is None else self._moved(reservation, reply)
 
     def _cancel(self, reservation: RedisReservation) -> None:
         if not self._mark_done(reservation):

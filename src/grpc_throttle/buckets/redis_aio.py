@@ -10,6 +10,7 @@ waits for those).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
@@ -198,8 +199,11 @@ class RedisTokenBucket(RedisBucketBase):
         reservation = await self.reserve(tokens, max_wait=math.inf if timeout is None else timeout)
         if reservation is None:
             return False
-        if reservation.delay > 0:
-            await asyncio.sleep(reservation.delay)
+        delay = reservation.delay
+        while delay > 0:
+            await asyncio.sleep(delay)
+            left = reservation.due_in()
+            delay = await left if inspect.isawaitable(left) else left
         return True
 
     async def available(self) -> float:
@@ -327,6 +331,17 @@ class RedisTokenBucket(RedisBucketBase):
         except redis.RedisError:
             return None
         return kind.decode() if isinstance(kind, bytes) else str(kind)
+
+    async def _due_in(self, reservation: RedisReservation) -> float:
+        args = self._due_args(reservation)
+        if args is None:
+            return self._left(reservation)
+        try:
+            reply = await self._run("due", args)
+        except BucketUnavailableError as error:
+            _logger.debug("due on %r failed: %s", self.key, error)
+            return self._left(reservation)
+        return self._left(reservation) if reply is _DOWN else self._moved(reservation, reply)
 
     def _cancel(self, reservation: RedisReservation) -> None:
         if not self._mark_done(reservation):

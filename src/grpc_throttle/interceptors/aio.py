@@ -30,6 +30,11 @@ from .sync import _NUMBERS, Cost, make_settings
 __all__ = ["ThrottlingInterceptor"]
 
 
+async def _seconds(value: Any) -> float:
+    """A reservation's ``due_in()``: a float, or a coroutine on asyncio's Redis bucket."""
+    return float(await value) if inspect.isawaitable(value) else float(value)
+
+
 class ThrottlingInterceptor(_bases.AioUnaryUnary):
     """Paces ``grpc.aio`` calls with a shared bucket and retries throttled answers.
 
@@ -126,7 +131,7 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
             try:
                 await asyncio.sleep(delay)
                 # A rate cut while we slept re-spaces the queue: wait the difference.
-                while due_in is not None and (delay := due_in()) > 0:
+                while due_in is not None and (delay := await _seconds(due_in())) > 0:
                     if delay > state.remaining():
                         reservation.cancel()
                         return None  # as if the wait had been known at first

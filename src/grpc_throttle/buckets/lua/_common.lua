@@ -6,6 +6,7 @@
 --   eff  the shared effective rate (tokens/s), absent until someone sets it
 --   ep   epoch, bumped whenever iv changes so older reservations cannot cancel
 --   exp  when the key expires (microseconds), so that most writes skip PEXPIRE
+--   rs   the last changes of iv, 'ep,when,old,new;...' (see retime)
 -- and the shared rate adaptation (_cubic.py), absent until the first change:
 --   rd   the round, bumped on every decrease (one decrease per round)
 --   wm   the recovery target (CUBIC's w_max), tokens/s
@@ -30,12 +31,36 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
+-- Carry one point of the schedule (a tat, a reservation's start or end) over
+-- a change of interval at now, as _gcra.rescale does: on a slowdown what lies
+-- ahead is stretched (the tokens queued are kept, spaced at the new rate); on
+-- a speed-up, while slots handed out lie ahead, the tail stays where it is
+-- and the next slot comes one new interval after the last of them; otherwise
+-- the token level is kept.
+local function carry(t, now, old, new, capacity)
+  if t <= now then
+    return t
+  end
+  if new < old and t - capacity * old >= now then
+    return t - capacity * (old - new)
+  end
+  return now + (t - now) * new / old
+end
+
+-- When a slot due at 'due' is due after the same change (_gcra.retime_ready).
+local function carry_due(due, now, old, new)
+  if due <= now or new <= old then
+    return due
+  end
+  return now + (due - now) * new / old
+end
+
+-- The changes of rate kept for waiters to catch up with (Reservation.due_in).
+local RESCALES = 8
+
 -- Put the rate in force (the caller's configured rate, capped by the shared
--- effective rate) into s.iv, carrying the schedule over as _gcra.rescale
--- does: on a slowdown the schedule ahead is stretched (the tokens queued are
--- kept, spaced at the new rate); on a speed-up, while slots handed out lie
--- ahead, the tail stays where it is and the next slot comes one new interval
--- after the last of them; otherwise the token level is kept.
+-- effective rate) into s.iv, carrying the schedule over, and remember the
+-- change in 'rs' ('ep,when,old,new;...', the last RESCALES of them).
 local function retime(s, now, rate, capacity)
   local r = rate
   if s.eff and s.eff < r then
@@ -43,12 +68,14 @@ local function retime(s, now, rate, capacity)
   end
   local iv = 1e6 / r
   if iv ~= s.iv then
-    if s.iv and s.tat > now then
-      if iv < s.iv and s.tat - capacity * s.iv >= now then
-        s.tat = s.tat - capacity * (s.iv - iv)
-      else
-        s.tat = now + (s.tat - now) * iv / s.iv
+    if s.iv then
+      s.tat = carry(s.tat, now, s.iv, iv, capacity)
+      local kept = {}
+      for entry in string.gmatch(redis.call('HGET', s.key, 'rs') or '', '[^;]+') do
+        kept[#kept + 1] = entry
       end
+      kept[#kept + 1] = table.concat({s.ep + 1, fmt(now), fmt(s.iv), fmt(iv)}, ',')
+      s.rs = table.concat(kept, ';', math.max(1, #kept - RESCALES + 1))
     end
     s.iv = iv
     s.ep = s.ep + 1
@@ -61,6 +88,7 @@ end
 local function load(key, now, rate, new_eff, capacity)
   local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k', 'lm')
   local s = {tat = tonumber(st[1]) or now, iv = tonumber(st[2]), eff = tonumber(st[3]), ep = tonumber(st[4]) or 0}
+  s.key = key
   s.exp, s.rd, s.wm, s.ld, s.k = tonumber(st[5]), tonumber(st[6]), tonumber(st[7]), tonumber(st[8]), tonumber(st[9])
   s.lm = tonumber(st[10])
   if new_eff then
@@ -89,6 +117,10 @@ local function store(key, s, now, capacity)
   local fields = {'tat', fmt(s.tat)}
   if s.rate_changed or s.curve_changed then
     fields = {'tat', fmt(s.tat), 'iv', fmt(s.iv), 'ep', fmt(s.ep)}
+    if s.rs then
+      fields[#fields + 1] = 'rs'
+      fields[#fields + 1] = s.rs
+    end
     if s.eff then
       fields[#fields + 1] = 'eff'
       fields[#fields + 1] = fmt(s.eff)
