@@ -27,13 +27,8 @@ call not started when the run's time budget ran out). Cuts / stale: the
 bucket's rate decreases, and the throttled answers it ignored because their
 attempt was reserved before its latest cut (they still count at the server).
 
-``--prototype [SETTINGS]`` adds a variant that is not the library's behaviour:
-an attempt whose token wait began before the bucket's latest cut takes a new
-reservation at the new rate instead of going out (patched into the client
-processes only; see ``repace_stale_waits``).
-
 Run: ``python benchmarks/bench_adaptive.py [--quick] [--rate 50] [--calls 500] [--repeat 3]
-[--tuned beta=0.8,headroom=0.05 ...] [--prototype [headroom=0.1] ...]``.
+[--tuned beta=0.8,headroom=0.05 ...]``.
 """
 
 from __future__ import annotations
@@ -60,33 +55,13 @@ SCENARIOS = {
     "token bucket at 0.7 Q": ("token-bucket", 0.7, 0.7, 1),
     "2 processes, one quota Q": ("token-bucket", 1.0, 1.0, 2),
 }
-#: name -> (AdaptiveRate keyword arguments, or None for adaptive=None; retry budget on; re-pace prototype)
-VARIANTS: dict[str, tuple[dict[str, float] | None, bool, bool]] = {
-    "adaptive (default)": ({}, True, False),
-    "adaptive, budget=False": ({}, False, False),
-    "adaptive=None": (None, True, False),
-    "adaptive=None, budget=False": (None, False, False),
+#: name -> (AdaptiveRate keyword arguments, or None for adaptive=None; retry budget on)
+VARIANTS: dict[str, tuple[dict[str, float] | None, bool]] = {
+    "adaptive (default)": ({}, True),
+    "adaptive, budget=False": ({}, False),
+    "adaptive=None": (None, True),
+    "adaptive=None, budget=False": (None, False),
 }
-PROTOTYPE = "adaptive + re-pace stale waits (prototype)"
-
-
-def repace_stale_waits() -> None:
-    """Prototype, not the library's behaviour: an attempt whose token wait began before the
-    bucket's latest rate cut takes a new place in line at the new rate instead of going out.
-
-    Patches the sync interceptor's call state machine in this (child) process only.
-    """
-    from grpc_throttle.interceptors._call import ThrottledCall
-
-    send = ThrottledCall._send
-
-    def _send(self: Any) -> None:
-        if not self._done and self._round < getattr(self._bucket, "round", 0):
-            self._acquire()  # a new reservation (and round); sends at once if it is due
-            return
-        send(self)
-
-    ThrottledCall._send = _send  # type: ignore[method-assign]
 
 
 def client_process(conn: Connection, target: str, settings: dict[str, Any]) -> None:
@@ -96,8 +71,6 @@ def client_process(conn: Connection, target: str, settings: dict[str, Any]) -> N
     import grpc_throttle
 
     service_pb2, service_pb2_grpc = h.clarifai_stubs()
-    if settings["repace"]:
-        repace_stale_waits()
 
     class Bucket(grpc_throttle.TokenBucket):
         """Counts the throttled answers the bucket ignores: attempts reserved before its latest cut."""
@@ -175,7 +148,7 @@ def client_process(conn: Connection, target: str, settings: dict[str, Any]) -> N
 
 def one_run(scenario: str, variant: str, target: str, args: argparse.Namespace, limit: float) -> dict[str, Any]:
     processes = SCENARIOS[scenario][3]
-    adaptive, budget, repace = args.variants[variant]
+    adaptive, budget = args.variants[variant]
     context = multiprocessing.get_context("spawn")
     shares = [args.calls // processes + (i < args.calls % processes) for i in range(processes)]
     pipes, children = [], []
@@ -186,7 +159,6 @@ def one_run(scenario: str, variant: str, target: str, args: argparse.Namespace, 
             "threads": max(1, args.threads // processes),
             "adaptive": adaptive,
             "budget": budget,
-            "repace": repace,
             "call_timeout": args.call_timeout,
         }
         parent, child = context.Pipe()
@@ -259,14 +231,6 @@ def main() -> None:
     parser.add_argument(
         "--tuned", action="append", default=[], help="extra variant: AdaptiveRate settings, e.g. beta=0.8,headroom=0.05"
     )
-    parser.add_argument(
-        "--prototype",
-        action="append",
-        nargs="?",
-        const="",
-        default=[],
-        help=f"extra variant: {PROTOTYPE}; optionally with AdaptiveRate settings as for --tuned",
-    )
     parser.add_argument("--only", default="", help="comma-separated scenario numbers to run (1-3); default all")
     parser.add_argument("--variants", default="", help="comma-separated numbers of the built-in variants (1-4) to run")
     parser.add_argument("--call-timeout", type=float, default=60.0, help="deadline of each call, retries included")
@@ -277,10 +241,7 @@ def main() -> None:
     picked = [v for i, v in enumerate(VARIANTS, 1) if not args.variants or str(i) in args.variants.split(",")]
     args.variants = {v: VARIANTS[v] for v in picked}
     for spec in args.tuned:
-        args.variants[f"AdaptiveRate({spec.replace(',', ', ')})"] = (tuned(spec), True, False)
-    for spec in args.prototype:
-        name = PROTOTYPE if not spec else f"AdaptiveRate({spec.replace(',', ', ')}) + re-pace (prototype)"
-        args.variants[name] = (tuned(spec), True, True)
+        args.variants[f"AdaptiveRate({spec.replace(',', ', ')})"] = (tuned(spec), True)
     chosen = [n for i, n in enumerate(SCENARIOS, 1) if not args.only or str(i) in args.only.split(",")]
     q = args.rate
     print(f"# bench_adaptive: client at Q={q:g}/s, {args.calls} calls, {args.threads} threads, median of {repeat}")
