@@ -217,6 +217,25 @@ async def test_aio_a_cut_re_spaces_the_calls_already_waiting() -> None:
         assert arrivals[-1] - arrivals[0] > 0.7
 
 
+async def test_aio_a_wait_stretched_past_the_deadline_is_a_deadline_error() -> None:
+    async with AioEchoServer() as server:
+        bucket = TokenBucket(rate=10)
+        interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
+        async with grpc.aio.insecure_channel(server.target, interceptors=[interceptor]) as channel:
+            await channel.channel_ready()
+            stub = echo_pb2_grpc.EchoStub(channel)
+            first = asyncio.ensure_future(stub.Unary(request("a:ok")))
+            late = asyncio.ensure_future(stub.Unary(request("b:ok"), timeout=0.5))  # due in 0.1 s: fits
+            await asyncio.sleep(0.01)
+            bucket.set_effective_rate(0.5)  # now due in about 2 s: it does not
+            await first
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await late
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert _order(server.script) == ["a"]  # never sent
+        assert interceptor.stats().deadline_rejections == 1
+
+
 def test_a_wait_stretched_past_the_deadline_is_a_deadline_error(echo_server: EchoServer) -> None:
     bucket = TokenBucket(rate=10)
     interceptor = ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
