@@ -66,25 +66,15 @@ def rescale(tat: float, now: float, old_interval: float, new_interval: float, ca
       the last one handed out. Otherwise the token level is kept.
 
     Both mappings are continuous and increasing, so the order of any two
-    points of the schedule (and of cancelled holes in it) is preserved.
+    points of the schedule (and of cancelled holes in it) is preserved. The
+    instant a reservation becomes due is a point with no burst behind it:
+    carry it with ``capacity=0``.
     """
     if tat <= now:
         return tat
     if new_interval < old_interval and tat - capacity * old_interval >= now:
         return tat - capacity * (old_interval - new_interval)
     return now + (tat - now) * new_interval / old_interval
-
-
-def retime_ready(ready: float, now: float, old_interval: float, new_interval: float) -> float:
-    """Where a slot due at ``ready`` moves when the rate changes at ``now``.
-
-    The same mapping as :func:`rescale`, for the instant a caller may go ahead
-    (``tat - capacity * interval``) rather than for the bucket's tail: slots
-    ahead are stretched on a slowdown and kept on a speed-up.
-    """
-    if ready <= now or new_interval <= old_interval:
-        return ready
-    return now + (ready - now) * new_interval / old_interval
 
 
 def level(tat: float, now: float, interval: float, capacity: float) -> float:

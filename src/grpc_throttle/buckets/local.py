@@ -407,7 +407,7 @@ class TokenBucket:
             for when, old, new in list(self._rescales)[len(self._rescales) - behind :]:
                 end = rescale(end, when, old, new, capacity)
                 start = rescale(start, when, old, new, capacity)
-                ready = _gcra.retime_ready(ready, when, old, new)
+                ready = rescale(ready, when, old, new, 0.0)
             # Its round stays the one it was made in: it goes out right after
             # the cut, while the server may still count the sends before it
             # (a 1 s window), so a throttled answer to it is no new signal.

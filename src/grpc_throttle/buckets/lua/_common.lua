@@ -36,7 +36,8 @@ end
 -- ahead is stretched (the tokens queued are kept, spaced at the new rate); on
 -- a speed-up, while slots handed out lie ahead, the tail stays where it is
 -- and the next slot comes one new interval after the last of them; otherwise
--- the token level is kept.
+-- the token level is kept. The instant a reservation becomes due is a point
+-- with no burst behind it: carry it with capacity 0.
 local function carry(t, now, old, new, capacity)
   if t <= now then
     return t
@@ -45,14 +46,6 @@ local function carry(t, now, old, new, capacity)
     return t - capacity * (old - new)
   end
   return now + (t - now) * new / old
-end
-
--- When a slot due at 'due' is due after the same change (_gcra.retime_ready).
-local function carry_due(due, now, old, new)
-  if due <= now or new <= old then
-    return due
-  end
-  return now + (due - now) * new / old
 end
 
 -- The changes of rate kept for waiters to catch up with (Reservation.due_in).

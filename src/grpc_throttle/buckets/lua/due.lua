@@ -26,7 +26,7 @@ if ep < s.ep then
     for _, c in ipairs(changes) do
       start = carry(start, c[2], c[3], c[4], capacity)
       stop = carry(stop, c[2], c[3], c[4], capacity)
-      due = carry_due(due, c[2], c[3], c[4])
+      due = carry(due, c[2], c[3], c[4], 0)
     end
     ep = s.ep
   end
