@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -42,4 +43,34 @@ def whole(name: str, value: Any, minimum: int) -> int:
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int too large for a float
+        raise ValueError(f"{name} must be a number a float can hold, got {value!r}") from None
+
+
+def bounded(name: str, value: Any, low: float, high: float, *, low_inclusive: bool = False) -> float:
+    """Return ``value`` as a float, or raise ValueError unless ``low < value <= high`` (or ``low <= value``)."""
+    number = _number(name, value)
+    above = number >= low if low_inclusive else number > low
+    if math.isnan(number) or not above or number > high:
+        opening = "[" if low_inclusive else "("
+        raise ValueError(f"{name} must be a number in {opening}{low:g}, {high:g}], got {value!r}")
+    return number
+
+
+def metadata_pairs(metadata: Iterable[tuple[str, str | bytes]]) -> tuple[tuple[str, str | bytes], ...]:
+    """Return ``metadata`` as a tuple of pairs, or raise ValueError (values are never shown: they may be secrets)."""
+    if isinstance(metadata, (str, bytes)) or not isinstance(metadata, Iterable):
+        raise ValueError(f"metadata must be a sequence of (key, value) pairs, got a {type(metadata).__name__}")
+    pairs = tuple(metadata)
+    for pair in pairs:
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise ValueError("metadata must be a sequence of (key, value) pairs")
+        key, value = pair
+        if not isinstance(key, str) or not key or key != key.lower():
+            raise ValueError(f"metadata keys must be non-empty lowercase strings, got {key!r}")
+        kind = bytes if key.endswith("-bin") else str
+        if not isinstance(value, kind):
+            raise ValueError(f"metadata value of {key!r} must be {kind.__name__}")
+    return pairs

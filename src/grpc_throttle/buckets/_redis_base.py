@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import _checks
 from ..errors import BucketUnavailableError
+from ._base import BucketReservation
 from ._breaker import Breaker
 from ._cubic import AdaptiveRate
 from ._lease import LeasePool, Slot
@@ -27,7 +28,7 @@ from .local import Reservation, TokenBucket
 TOO_LATE = -1
 
 
-class RedisReservation:
+class RedisReservation(BucketReservation):
     """Tokens taken from a Redis bucket, usable after :attr:`delay` seconds.
 
     :meth:`cancel` gives back the tokens no later reservation has overtaken.
@@ -86,7 +87,7 @@ class RedisReservation:
         return f"<RedisReservation tokens={self.tokens:g} delay={self.delay:.6f}s>"
 
 
-class FreeReservation:
+class FreeReservation(BucketReservation):
     """What ``on_failure="allow"`` hands out while Redis is down: go ahead now."""
 
     __slots__ = ("delay", "tokens")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from .. import _checks
 from ..events import EventHook, RateChanged, emit
 from . import _cubic, _gcra
+from ._base import Bucket, BucketReservation, Listeners
 from ._cubic import AdaptiveRate
 
 __all__ = ["Reservation", "TokenBucket"]
@@ -22,7 +23,7 @@ _new = object.__new__
 _RESCALES = 256
 
 
-class Reservation:
+class Reservation(BucketReservation):
     """Tokens taken from a :class:`TokenBucket`, usable after :attr:`delay`.
 
     The caller waits ``delay`` seconds (sleeping in its own thread, or awaiting
@@ -79,7 +80,7 @@ class Reservation:
         return f"<Reservation tokens={self.tokens:g} delay={self.delay:.6f}s>"
 
 
-class TokenBucket:
+class TokenBucket(Bucket):
     """A thread-safe token bucket that many interceptors, threads and loops share.
 
     Tokens refill at ``rate`` per second up to ``capacity``. Taking tokens is a
@@ -147,7 +148,7 @@ class TokenBucket:
         self._cubic = _cubic.CubicState(rate=rate, w_max=rate)
         self._round = 0
         #: Called with a RateChanged on every change of the effective rate.
-        self._listeners: list[EventHook] = []
+        self._listeners = Listeners()
 
     # -- configuration ---------------------------------------------------
 
@@ -228,18 +229,15 @@ class TokenBucket:
 
     def add_listener(self, hook: EventHook) -> None:
         """Call ``hook(RateChanged(...))`` on every change of the effective rate."""
-        if not callable(hook):
-            raise ValueError(f"hook must be callable, got {hook!r}")
-        self._listeners.append(hook)
+        self._listeners.add(hook)
 
     def remove_listener(self, hook: EventHook) -> None:
         """Stop calling ``hook``; does nothing if it was not added."""
-        if hook in self._listeners:
-            self._listeners.remove(hook)
+        self._listeners.remove(hook)
 
     def _notify(self, old: float, new: float, reason: str) -> None:
         if old != new and self._listeners:
-            emit(self._listeners, RateChanged(old, new, reason))  # type: ignore[arg-type]
+            emit(self._listeners.hooks(), RateChanged(old, new, reason))  # type: ignore[arg-type]
 
     def _set_effective_locked(self, value: float) -> None:
         new_interval = 1.0 / value
@@ -259,6 +257,15 @@ class TokenBucket:
             self._interval = new_interval
             self._epoch += 1
         self._effective_rate = value
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock that reservations' ``ready_at`` times are on."""
+        return self._clock
+
+    def due_in(self, reservation: Reservation) -> float:
+        """Seconds until ``reservation`` may go ahead, as of now (see :meth:`Reservation.due_in`)."""
+        return self._due_in(reservation)
 
     @property
     def capacity(self) -> float:

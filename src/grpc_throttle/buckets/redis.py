@@ -20,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import BucketUnavailableError
+from ._base import Bucket
 from ._cubic import AdaptiveRate
 from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
@@ -43,7 +44,7 @@ _DOWN: Any = object()
 _LOAD_TRIES = 3
 
 
-class RedisTokenBucket(RedisBucketBase):
+class RedisTokenBucket(RedisBucketBase, Bucket):
     """A token bucket shared through Redis by every process and host using ``key``.
 
     The same contract as :class:`~grpc_throttle.buckets.TokenBucket`: tokens

@@ -23,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ..errors import BucketUnavailableError
+from ._base import AsyncBucket
 from ._cubic import AdaptiveRate
 from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
@@ -46,7 +47,7 @@ _DOWN: Any = object()
 _LOAD_TRIES = 3
 
 
-class RedisTokenBucket(RedisBucketBase):
+class RedisTokenBucket(RedisBucketBase, AsyncBucket):
     """A token bucket shared through Redis by every process and host using ``key``.
 
     The asyncio twin of :class:`grpc_throttle.buckets.redis.RedisTokenBucket`

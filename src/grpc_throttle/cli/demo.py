@@ -144,13 +144,10 @@ def run_demo(config: DemoConfig, *, out: TextIO, err: TextIO) -> list[RunResult]
             def on_rate(event: Any) -> None:
                 changes.append((time.monotonic(), event.new_rate))
 
-            add_listener = getattr(interceptor.bucket, "add_listener", None)
-            if add_listener is not None:
-                add_listener(on_rate)
+            interceptor.bucket.add_listener(on_rate)
             batch.run()
             retries = interceptor.stats().retries
-            if add_listener is not None:
-                interceptor.bucket.remove_listener(on_rate)  # type: ignore[attr-defined]
+            interceptor.bucket.remove_listener(on_rate)
         runs.append(_result(batch, emulator, user_key(f"Key {our_pat}"), retries, [], changes))
     print(format_table(runs, config), file=out, flush=True)
     return runs

@@ -22,21 +22,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 
 from ..buckets import Bucket, TokenBucket
-from ..interceptors import ThrottledChannel, ThrottlingInterceptor, _bases
-from ..interceptors._attempts import copy_details
+from ..interceptors import ThrottledChannel, ThrottlingInterceptor
 from ..policy import ThrottlePolicy
 from ..retry import RetryPolicy
 from ._common import (
     CLARIFAI_RATE,
     ChannelRegistry,
     MetadataPairs,
-    add_metadata,
     auth_metadata,
     bucket_for,
     channel_options,
@@ -194,54 +192,13 @@ def _build(
 ) -> grpc.Channel:
     if not isinstance(target, str) or not target.strip():
         raise ValueError(f"target must be a non-empty 'host:port', got {target!r}")
-    throttling = ThrottlingInterceptor(bucket, retry=retry, throttle=throttle)
+    # The metadata goes in the same rewrite of each attempt's details that
+    # sets its timeout, so every retry carries it and calls stay on the fast path.
+    throttling = ThrottlingInterceptor(bucket, retry=retry, throttle=throttle, metadata=metadata)
     if credentials is None:
         raw = grpc.insecure_channel(target, options)
     else:
         raw = grpc.secure_channel(target, credentials, options)
-    channel: grpc.Channel = ThrottledChannel(raw, throttling)
-    if metadata:
-        # Outermost, so that the throttling interceptor's retries carry it too.
-        channel = grpc.intercept_channel(channel, _MetadataInterceptor(metadata))
+    channel = ThrottledChannel(raw, throttling)
     _registry.add(channel, throttling)
     return channel
-
-
-class _MetadataInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.StreamUnary, _bases.StreamStream):
-    """Adds fixed metadata (e.g. the API key) to every call."""
-
-    def __init__(self, metadata: MetadataPairs) -> None:
-        self._metadata = metadata
-
-    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        copy = copy_details(details)
-        return copy._replace(metadata=add_metadata(copy.metadata, self._metadata))
-
-    def intercept_unary_unary(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: grpc.ClientCallDetails, request: Any
-    ) -> Any:
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_stream_unary(
-        self,
-        continuation: Callable[[Any, Any], Any],
-        client_call_details: grpc.ClientCallDetails,
-        request_iterator: Iterator[Any],
-    ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def intercept_stream_stream(
-        self,
-        continuation: Callable[[Any, Any], Any],
-        client_call_details: grpc.ClientCallDetails,
-        request_iterator: Iterator[Any],
-    ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def __repr__(self) -> str:  # keys only: values carry API keys
-        return f"<MetadataInterceptor keys={[key for key, _ in self._metadata]}>"

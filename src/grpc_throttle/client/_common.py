@@ -14,6 +14,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
+from .. import _checks
 from ..buckets import TokenBucket
 
 __all__ = [
@@ -21,7 +22,6 @@ __all__ = [
     "CLARIFAI_RATE",
     "ChannelRegistry",
     "MetadataPairs",
-    "add_metadata",
     "auth_metadata",
     "bucket_for",
     "channel_options",
@@ -77,27 +77,7 @@ def auth_metadata(pat: str | None) -> MetadataPairs:
 
 def check_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> MetadataPairs:
     """Validate extra metadata now, rather than failing on every call later."""
-    if isinstance(metadata, (str, bytes)) or not isinstance(metadata, Iterable):
-        raise ValueError(f"metadata must be a sequence of (key, value) pairs, got a {type(metadata).__name__}")
-    pairs = tuple(metadata)
-    for pair in pairs:
-        if not (isinstance(pair, tuple) and len(pair) == 2):
-            raise ValueError("metadata must be a sequence of (key, value) pairs")
-        key, value = pair
-        if not isinstance(key, str) or not key or key != key.lower():
-            raise ValueError(f"metadata keys must be non-empty lowercase strings, got {key!r}")
-        kind = bytes if key.endswith("-bin") else str
-        if not isinstance(value, kind):  # values are not shown: they may be secrets
-            raise ValueError(f"metadata value of {key!r} must be {kind.__name__}")
-    return pairs
-
-
-def add_metadata(existing: Iterable[tuple[str, Any]] | None, extra: MetadataPairs) -> list[tuple[str, Any]]:
-    """``existing`` plus each ``extra`` pair whose key the call does not set itself."""
-    pairs = list(existing or ())
-    present = {key for key, _ in pairs}
-    pairs.extend(pair for pair in extra if pair[0] not in present)
-    return pairs
+    return _checks.metadata_pairs(metadata)
 
 
 def channel_options(options: Iterable[tuple[str, Any]], *, clarifai: bool) -> list[tuple[str, Any]]:

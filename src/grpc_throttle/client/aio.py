@@ -16,14 +16,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
 import grpc.aio
 
 from ..buckets import AsyncBucket, TokenBucket
-from ..interceptors import _bases
 from ..interceptors.aio import ThrottlingInterceptor
 from ..policy import ThrottlePolicy
 from ..retry import RetryPolicy
@@ -31,7 +30,6 @@ from ._common import (
     CLARIFAI_RATE,
     ChannelRegistry,
     MetadataPairs,
-    add_metadata,
     auth_metadata,
     bucket_for,
     channel_options,
@@ -140,68 +138,13 @@ def _build(
 ) -> grpc.aio.Channel:
     if not isinstance(target, str) or not target.strip():
         raise ValueError(f"target must be a non-empty 'host:port', got {target!r}")
-    throttling = ThrottlingInterceptor(bucket, retry=retry, throttle=throttle)
-    # Outermost, so that the throttling interceptor's retries carry it too.
-    interceptors: list[Any] = [kind(metadata) for kind in _METADATA_KINDS] if metadata else []
-    interceptors += throttling.for_channel()
+    # The metadata goes in the same rewrite of each attempt's details that
+    # sets its timeout, so every retry carries it.
+    throttling = ThrottlingInterceptor(bucket, retry=retry, throttle=throttle, metadata=metadata)
+    interceptors: list[Any] = throttling.for_channel()
     if credentials is None:
         channel = grpc.aio.insecure_channel(target, options, interceptors=interceptors)
     else:
         channel = grpc.aio.secure_channel(target, credentials, options, interceptors=interceptors)
     _registry.add(channel, throttling)
     return channel
-
-
-class _AddMetadata:
-    """Adds fixed metadata (e.g. the API key) to every call of one kind.
-
-    ``grpc.aio`` files an interceptor under the first call kind it implements
-    only, so each kind gets its own small class.
-    """
-
-    def __init__(self, metadata: MetadataPairs) -> None:
-        self._metadata = metadata
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> Any:
-        pairs = add_metadata(details.metadata, self._metadata)
-        return details._replace(metadata=grpc.aio.Metadata(*pairs))  # type: ignore[attr-defined]
-
-    def __repr__(self) -> str:  # keys only: values carry API keys
-        return f"<{type(self).__name__} keys={[key for key, _ in self._metadata]}>"
-
-
-class _UnaryUnaryMetadata(_AddMetadata, _bases.AioUnaryUnary):
-    async def intercept_unary_unary(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _UnaryStreamMetadata(_AddMetadata, _bases.AioUnaryStream):
-    async def intercept_unary_stream(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request)
-
-
-class _StreamUnaryMetadata(_AddMetadata, _bases.AioStreamUnary):
-    async def intercept_stream_unary(
-        self,
-        continuation: Callable[[Any, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[Any] | Iterable[Any],
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-
-class _StreamStreamMetadata(_AddMetadata, _bases.AioStreamStream):
-    async def intercept_stream_stream(
-        self,
-        continuation: Callable[[Any, Any], Any],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request_iterator: AsyncIterable[Any] | Iterable[Any],
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
-
-
-_METADATA_KINDS = (_UnaryUnaryMetadata, _UnaryStreamMetadata, _StreamUnaryMetadata, _StreamStreamMetadata)

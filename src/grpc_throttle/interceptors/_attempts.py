@@ -1,25 +1,24 @@
-"""Per-call retry state shared by the sync and the aio interceptors.
+"""What every driver shares: the interceptor's settings and the call details.
 
-One :class:`CallState` lives for one logical call: its deadline, how many
-attempts it made, and the decisions "may I wait this long?" and "retry after
-how long?". The interceptors only add the waiting (threads or asyncio).
+:class:`Settings` is the interceptor's configuration, read-only and shared by
+all its calls; the per-call decisions live in ``_plan``.
 """
 
 from __future__ import annotations
 
 import collections
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
-from ..events import EventHook, GaveUp, RetryScheduled, emit
-from ..policy import ThrottlePolicy, server_pushback
+from ..events import EventHook
+from ..policy import ThrottlePolicy
 from ..retry import RetryBudget, RetryPolicy
 from ._stats import StatsRecorder
 
-__all__ = ["CallDetails", "CallState", "Settings"]
+__all__ = ["CallDetails", "Settings", "copy_details"]
 
 
 class CallDetails(
@@ -48,9 +47,11 @@ class Settings:
 
     __slots__ = (
         "budget",
+        "capacity",
         "clock",
         "cost",
         "hooks",
+        "metadata",
         "random",
         "record_success",
         "record_throttle",
@@ -69,8 +70,11 @@ class Settings:
         clock: Callable[[], float],
         random: Callable[[], float],
         hooks: tuple[EventHook, ...],
+        metadata: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.retry = retry
+        #: Metadata added to every attempt (keys the call sets itself win).
+        self.metadata = tuple(metadata)
         self.throttle = throttle
         self.budget = budget
         self.cost = cost
@@ -78,11 +82,13 @@ class Settings:
         self.random = random
         self.hooks = hooks
         self.stats = StatsRecorder()
-        # Buckets that adapt their rate hear about every answer.
-        self.record_throttle: Callable[[int], None] = getattr(bucket, "record_throttle", _ignore)
-        self.record_success: Callable[[], None] = getattr(bucket, "record_success", _nothing)
+        #: The bucket's capacity: no call may cost more.
+        self.capacity = float(getattr(bucket, "capacity", math.inf))
+        # Every bucket hears about every answer (the contract in buckets._base).
+        self.record_throttle: Callable[[Any], None] = bucket.record_throttle
+        self.record_success: Callable[[], None] = bucket.record_success
 
-    def on_answer(self, throttled: bool, round: int) -> None:
+    def on_answer(self, throttled: bool, round: Any) -> None:
         """Tell the bucket and the retry budget how an attempt was answered."""
         if throttled:
             self.stats.add("throttled")
@@ -95,74 +101,33 @@ class Settings:
                 self.budget.on_success()
 
     def tokens_for(self, method: str | bytes, request: Any) -> float:
-        if callable(self.cost):
-            name = method.decode() if isinstance(method, bytes) else method
-            return float(self.cost(name, request))
-        return self.cost
+        """What a call costs; a cost function's answer is checked like ``cost=`` itself.
 
-
-class CallState:
-    """Attempt bookkeeping for one logical call."""
-
-    __slots__ = ("attempt", "deadline", "settings")
-
-    def __init__(self, settings: Settings, timeout: float | None) -> None:
-        self.settings = settings
-        #: Attempts sent so far.
-        self.attempt = 0
-        #: Absolute deadline on the settings' clock, or None for no deadline.
-        self.deadline = None if timeout is None else settings.clock() + timeout
-
-    def remaining(self) -> float:
-        """Seconds left before the caller's deadline (inf without one)."""
-        if self.deadline is None:
-            return math.inf
-        return self.deadline - self.settings.clock()
-
-    def attempt_timeout(self) -> float | None:
-        """The timeout to give the next attempt: whatever is left of the caller's."""
-        return None if self.deadline is None else max(0.0, self.deadline - self.settings.clock())
-
-    def delay_before_retry(self, method: str | bytes, trailing_metadata: Any) -> float | None:
-        """How long to wait before retrying a throttled attempt, or None to give up.
-
-        The server's own wait, when it gave one, replaces the back-off. Gives
-        up when attempts are used up, when the server said not to retry, when
-        the retry budget is spent, or when the wait would end at or after the
-        deadline (no sleep runs past the caller's timeout). Reports the
-        decision to the counters and the event hooks.
+        Raises:
+            ValueError: The cost function returned something that is not a
+                number in (0, the bucket's capacity].
         """
-        settings = self.settings
-        retry = settings.retry
+        if not callable(self.cost):
+            return self.cost
         name = method.decode() if isinstance(method, bytes) else method
-        pushback = server_pushback(trailing_metadata) if settings.throttle.honour_pushback else None
-        reason: Any = None
-        if self.attempt >= retry.max_attempts:
-            reason = "attempts"
-        elif pushback == math.inf:
-            reason = "server"
-        elif settings.budget is not None and not settings.budget.allows_retry():
-            reason = "budget"
-        else:
-            if pushback is None:
-                delay = retry.backoff(self.attempt, settings.random)
-            else:
-                delay = min(pushback, retry.max_pushback)
-            if delay < self.remaining():
-                settings.stats.add("backoff_seconds", delay)
-                if settings.hooks:
-                    emit(settings.hooks, RetryScheduled(name, self.attempt, delay, pushback is not None))
-                return delay
-            reason = "deadline"
-        settings.stats.add("give_ups")
-        if settings.hooks:
-            emit(settings.hooks, GaveUp(name, self.attempt, reason))
-        return None
+        tokens = self.cost(name, request)
+        if (
+            isinstance(tokens, bool)
+            or not isinstance(tokens, (int, float))
+            or not 0 < tokens <= self.capacity
+            or not math.isfinite(tokens)
+        ):
+            raise ValueError(
+                f"cost({name!r}, request) must return a number in (0, {self.capacity:g}] "
+                f"(the bucket's capacity), got {tokens!r}"
+            )
+        return float(tokens)
 
-
-def _ignore(round: int) -> None:
-    return None
-
-
-def _nothing() -> None:
-    return None
+    def with_metadata(self, metadata: Any) -> Any:
+        """The call's own metadata plus the interceptor's, for one attempt."""
+        if not self.metadata:
+            return metadata
+        pairs = list(metadata or ())
+        present = {key for key, _ in pairs}
+        pairs.extend(pair for pair in self.metadata if pair[0] not in present)
+        return pairs

@@ -26,23 +26,14 @@ from typing import Any
 import grpc
 
 from ..buckets import Bucket, BucketReservation
-from ..events import GaveUp, emit
 from . import _bases, _timers
-from ._attempts import CallDetails, CallState, Settings
+from ._attempts import CallDetails, Settings
 from ._finished import LocalRpcError
+from ._plan import Backoff, CallPlan, Finish, GiveUp, Refuse, Send, Wait
 
-__all__ = ["ThrottledCall", "deadline_error"]
+__all__ = ["ThrottledCall"]
 
 _log = logging.getLogger("grpc_throttle.interceptors")
-
-
-def deadline_error(wait: float | None, remaining: float) -> LocalRpcError:
-    what = "a token" if wait is None else f"{wait:.3f}s for a token"
-    return LocalRpcError(
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        f"grpc-throttle: waiting for {what} would pass the call's deadline "
-        f"({max(remaining, 0.0):.3f}s left); the call was not sent",
-    )
 
 
 class ThrottledCall(grpc.Call, _bases.Future):
@@ -55,15 +46,15 @@ class ThrottledCall(grpc.Call, _bases.Future):
         continuation: Callable[[grpc.ClientCallDetails, Any], Any],
         details: CallDetails,
         request: Any,
-        tokens: float,
+        plan: CallPlan,
     ) -> None:
         self._settings = settings
         self._bucket = bucket
         self._continuation = continuation
         self._details = details
         self._request = request
-        self._tokens = tokens
-        self._state = CallState(settings, details.timeout)
+        #: Every decision about this call (waits, deadline, retries, counters).
+        self._plan = plan
         #: Guards everything below; the condition is made on first wait.
         self._lock = threading.Lock()
         self._cond: threading.Condition | None = None
@@ -78,87 +69,102 @@ class ThrottledCall(grpc.Call, _bases.Future):
         self._inner: Any = None
         #: The last throttled attempt (handed back unchanged on give-up).
         self._throttled: Any = None
-        #: The bucket's adaptation round when the current attempt got its token.
-        self._round = 0
         self._done = False
         self._cancelled = False
         self._response: Any = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Any], None]] = []
         self._rpc_callbacks: list[Callable[[], None]] = []
+        #: Called once when the call ends (the channel's registry of pending calls).
+        self._on_end: Callable[[ThrottledCall], None] | None = None
 
-    # -- the state machine -------------------------------------------------
+    # -- the driver: do what the plan says ---------------------------------
 
     def start(self) -> ThrottledCall:
-        self._settings.stats.add("calls")
+        """Begin: take a token (or refuse at once when the deadline has passed)."""
         self._acquire()
         return self
 
-    def resume(self, reservation: BucketReservation | None, first_outcome: Any = None, round: int = 0) -> ThrottledCall:
-        """Take over a call that a faster path began (see ``channel.py``).
-
-        Args:
-            reservation: The first attempt's reservation, when it must still be
-                waited out.
-            first_outcome: The first attempt's finished outcome, when it was
-                sent already and came back throttled.
-            round: The first attempt's reservation round, with ``first_outcome``.
-        """
-        if first_outcome is not None:  # counted as a call and an attempt already
-            self._state.attempt = 1
-            self._round = round
-            self._on_attempt_done(first_outcome)
-        else:
-            self._settings.stats.add("calls")
-            self._acquire(reservation)
+    def take_over(self, action: Any, reservation: BucketReservation | None) -> ThrottledCall:
+        """Go on from a step the fast path began: ``action`` is its plan's answer to ``reservation``."""
+        self._reservation = reservation
+        self._act(action)
         return self
 
-    def _acquire(self, reservation: BucketReservation | None = None) -> None:
-        remaining = self._state.remaining()
-        if reservation is None:
-            try:
-                reservation = self._bucket.reserve(self._tokens, max_wait=max(remaining, 0.0))
-            except Exception as error:  # e.g. BucketUnavailableError under on_failure="fail"
-                self._finish(None, error, None)
-                return
-        if reservation is None:
-            self._give_up_on_deadline(None, remaining)
+    def take_over_throttled(self, outcome: Any, trailing_metadata: Any) -> ThrottledCall:
+        """Go on from a first attempt the fast path sent and saw answered throttled."""
+        self._inner = outcome
+        self._act_on_answer(outcome, None, True, trailing_metadata)
+        return self
+
+    def _acquire(self) -> None:
+        plan = self._plan
+        max_wait = plan.reserve_wait()
+        if max_wait is None:
+            self._act(plan.expired())
             return
-        self._round = getattr(reservation, "round", 0)
-        if reservation.delay <= 0:
-            self._send()
+        try:
+            reservation = self._bucket.reserve(plan.tokens, max_wait=max_wait)
+        except Exception as error:  # e.g. BucketUnavailableError under on_failure="fail"
+            self._finish(None, error, None)
             return
-        self._settings.stats.add("token_wait_seconds", reservation.delay)
         with self._lock:
             if self._done:
                 cancelled = True
             else:
                 cancelled = False
                 self._reservation = reservation
-                self._park(reservation.delay, self._send)
         if cancelled:
+            if reservation is not None:
+                reservation.cancel()
+            return
+        self._act(plan.reserved(reservation))
+
+    def _woken(self) -> None:
+        reservation = self._reservation
+        try:
+            due_in = 0.0 if reservation is None else self._bucket.due_in(reservation)
+        except Exception as error:
+            self._finish(None, error, None)
+            return
+        self._act(self._plan.woken(due_in))
+
+    def _act(self, action: Any) -> None:
+        if isinstance(action, Send):
+            self._send(action.timeout)
+        elif isinstance(action, Wait):
+            with self._lock:
+                if not self._done:
+                    self._park(action.delay, self._woken)
+        elif isinstance(action, Backoff):
+            _log.debug("grpc-throttle: %s throttled; retrying in %.3fs", self._plan.method, action.delay)
+            with self._lock:
+                if not self._done:
+                    self._park(action.delay, self._acquire)
+        elif isinstance(action, Refuse):
+            self._drop_reservation()
+            self._finish(None, action.error, None)
+        elif isinstance(action, GiveUp):
+            self._drop_reservation()
+            self._give_up()
+        else:  # pragma: no cover - the plan has no other actions here
+            raise AssertionError(action)
+
+    def _drop_reservation(self) -> None:
+        with self._lock:
+            reservation, self._reservation = self._reservation, None
+        if reservation is not None:
             reservation.cancel()
 
-    def _send(self) -> None:
-        reservation = self._reservation
-        if reservation is not None and self._wait_longer(reservation):
-            return
+    def _send(self, timeout: float | None) -> None:
         with self._lock:
             if self._done:
                 return
             self._reservation = None
-            self._state.attempt += 1
-            attempt = self._state.attempt
-        stats = self._settings.stats
-        stats.add("attempts")
-        if attempt > 1:
-            stats.add("retries")
-        timeout = self._state.attempt_timeout()
-        if timeout is not None and timeout <= 0:
-            self._give_up_on_deadline(0.0, 0.0)
-            return
+        details = self._details
+        details = details._replace(timeout=timeout, metadata=self._settings.with_metadata(details.metadata))
         try:
-            inner = self._continuation(self._details._replace(timeout=timeout), self._request)
+            inner = self._continuation(details, self._request)
         except Exception as error:
             self._finish(None, error, None)
             return
@@ -169,29 +175,6 @@ class ThrottledCall(grpc.Call, _bases.Future):
             self._inner = inner
         inner.add_done_callback(self._on_attempt_done)
 
-    def _wait_longer(self, reservation: BucketReservation) -> bool:
-        """Park again when the bucket's rate was cut while we waited (see due_in)."""
-        due_in = getattr(reservation, "due_in", None)
-        if due_in is None:
-            return False
-        wait: float = due_in()
-        if wait <= 0:
-            return False
-        remaining = self._state.remaining()
-        if wait > remaining:
-            with self._lock:
-                if self._done:
-                    return True
-                self._reservation = None
-            reservation.cancel()
-            self._give_up_on_deadline(wait, remaining)
-            return True
-        self._settings.stats.add("token_wait_seconds", wait)
-        with self._lock:
-            if not self._done:
-                self._park(wait, self._send)
-        return True
-
     def _on_attempt_done(self, inner: Any) -> None:
         # Runs on grpc's callback thread for .future(): anything raised here
         # would be logged by grpc and the call would never finish. Whatever
@@ -199,7 +182,7 @@ class ThrottledCall(grpc.Call, _bases.Future):
         try:
             self._after_attempt(inner)
         except Exception as error:
-            _log.exception("grpc-throttle: handling an answer to %s failed", _name(self._details.method))
+            _log.exception("grpc-throttle: handling an answer to %s failed", self._plan.method)
             self._finish(None, error, inner)
 
     def _after_attempt(self, inner: Any) -> None:
@@ -211,48 +194,46 @@ class ThrottledCall(grpc.Call, _bases.Future):
             # Cancelled underneath us (channel closed), not by our caller.
             self._finish(None, LocalRpcError(grpc.StatusCode.CANCELLED, "attempt cancelled"), inner)
             return
-        settings = self._settings
-        throttle = settings.throttle
+        throttle = self._settings.throttle
+        response = None
         if error is not None:
             if not (isinstance(error, grpc.RpcError) and throttle.error_throttled(error)):
                 self._finish(None, error, inner)  # a plain failure: no signal either way
                 return
+            throttled = True
         else:
             response = inner.result()
-            if not throttle.response_throttled(response):
-                settings.on_answer(False, self._round)
-                self._finish(response, None, inner)
-                return
-        settings.on_answer(True, self._round)
-        self._throttled = inner
-        delay = self._state.delay_before_retry(self._details.method, _trailing_metadata(inner))
-        if delay is None:
-            self._give_up()
+            throttled = throttle.response_throttled(response)
+        self._act_on_answer(inner, response, throttled, _trailing_metadata(inner) if throttled else None)
+
+    def _act_on_answer(self, inner: Any, response: Any, throttled: bool, trailing_metadata: Any) -> None:
+        action = self._plan.answered(throttled, trailing_metadata)
+        if isinstance(action, Finish):
+            self._finish(response, None, inner)
             return
-        _log.debug(
-            "grpc-throttle: %s throttled on attempt %d; retrying in %.3fs",
-            self._details.method,
-            self._state.attempt,
-            delay,
-        )
-        with self._lock:
-            if not self._done:
-                self._park(delay, self._acquire)
+        self._throttled = inner
+        self._act(action)
 
     def _give_up(self) -> None:
         inner = self._throttled
+        if inner is None:  # pragma: no cover - GiveUp follows a throttled answer
+            raise AssertionError("give-up without a throttled answer")
         error = inner.exception()
         self._finish(None if error is not None else inner.result(), error, inner)
 
-    def _give_up_on_deadline(self, wait: float | None, remaining: float) -> None:
-        if self._throttled is not None:
-            self._settings.stats.add("give_ups")
-            if self._settings.hooks:
-                emit(self._settings.hooks, GaveUp(_name(self._details.method), self._state.attempt, "deadline"))
-            self._give_up()
-        else:
-            self._settings.stats.add("deadline_rejections")
-            self._finish(None, deadline_error(wait, remaining), None)
+    def close(self, error: LocalRpcError) -> None:
+        """End the call with ``error`` unless it ended already (its channel closed)."""
+        with self._lock:
+            if self._done:
+                return
+            timer, self._timer = self._timer, None
+            inner = self._inner
+        self._drop_reservation()
+        if timer is not None:
+            timer.cancel()
+        self._finish(None, error, None)
+        if inner is not None:
+            inner.cancel()
 
     def _park(self, delay: float, step: Callable[[], None]) -> None:
         # Lock held. The timer fires even when a waiter will run the step, so
@@ -290,12 +271,17 @@ class ThrottledCall(grpc.Call, _bases.Future):
             self._error = error
             if inner is not None:
                 self._inner = inner
+            elif isinstance(error, LocalRpcError):
+                self._inner = None  # the call's outcome is ours, not an attempt's
             self._step = None
             self._done = True
             if self._cond is not None:
                 self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []
             rpc_callbacks, self._rpc_callbacks = self._rpc_callbacks, []
+            on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(self)
         self._run_callbacks(callbacks, rpc_callbacks)
 
     def _run_callbacks(self, callbacks: list[Callable[[Any], None]], rpc_callbacks: list[Callable[[], None]]) -> None:
@@ -379,7 +365,10 @@ class ThrottledCall(grpc.Call, _bases.Future):
                 self._cond.notify_all()
             callbacks, self._callbacks = self._callbacks, []
             rpc_callbacks, self._rpc_callbacks = self._rpc_callbacks, []
-        self._settings.stats.add("cancelled")
+            on_end, self._on_end = self._on_end, None
+        self._plan.cancelled()
+        if on_end is not None:
+            on_end(self)
         if timer is not None:
             timer.cancel()
         if reservation is not None:
@@ -398,34 +387,41 @@ class ThrottledCall(grpc.Call, _bases.Future):
     def done(self) -> bool:
         return self._done
 
-    # -- grpc.Call (the last attempt's, once there is one) ------------------
+    # -- grpc.Call: the final attempt's. Like grpc's, these block until the
+    # call has ended, so a pending .future() never answers placeholders and a
+    # call backing off never shows the throttled attempt's values early.
 
     def initial_metadata(self) -> Any:
+        self._wait(None)
         return self._inner.initial_metadata() if self._inner is not None else ()
 
     def trailing_metadata(self) -> Any:
+        self._wait(None)
         return self._inner.trailing_metadata() if self._inner is not None else ()
 
     def code(self) -> grpc.StatusCode:
+        self._wait(None)
         if self._cancelled:
             return grpc.StatusCode.CANCELLED
         if self._inner is not None:
             return self._inner.code()  # type: ignore[no-any-return]
         error = self._error
-        return error.code() if isinstance(error, LocalRpcError) else grpc.StatusCode.UNKNOWN
+        return error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
 
-    def details(self) -> str | None:  # type: ignore[override]  # None before any attempt, like grpc
+    def details(self) -> str | None:  # type: ignore[override]
+        self._wait(None)
         if self._cancelled:
             return "Cancelled by the caller"
         if self._inner is not None:
             return self._inner.details()  # type: ignore[no-any-return]
-        return self._error.details() if isinstance(self._error, LocalRpcError) else None
+        error = self._error
+        return error.details() if isinstance(error, grpc.Call) else str(error)
 
     def is_active(self) -> bool:
         return not self._done
 
     def time_remaining(self) -> float | None:  # type: ignore[override]  # None: no deadline, like grpc
-        remaining = self._state.remaining()
+        remaining = self._plan.remaining()
         return None if remaining == float("inf") else max(0.0, remaining)
 
     def add_callback(self, callback: Callable[[], None]) -> bool:
@@ -437,7 +433,7 @@ class ThrottledCall(grpc.Call, _bases.Future):
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else "done" if self._done else "pending"
-        return f"<ThrottledCall {self._details.method} {state} attempts={self._state.attempt}>"
+        return f"<ThrottledCall {self._details.method} {state} attempts={self._plan.attempt}>"
 
 
 def _trailing_metadata(outcome: Any) -> Any:

@@ -16,7 +16,7 @@ import grpc
 
 from . import _bases
 
-__all__ = ["FinishedCall", "LocalRpcError", "Outcome"]
+__all__ = ["FailedStream", "FinishedCall", "LocalRpcError", "Outcome"]
 
 
 class FinishedCall(grpc.Call, _bases.Future):
@@ -112,3 +112,20 @@ class LocalRpcError(grpc.RpcError, FinishedCall):
 
     def __str__(self) -> str:
         return f"<LocalRpcError {self._code.name}: {self._details}>"
+
+
+class FailedStream(LocalRpcError):
+    """A streaming call that failed before it was sent: it raises itself on use.
+
+    What ``grpc.intercept_channel`` hands back when an interceptor refuses a
+    streaming call: the stub call returns, and reading the stream raises.
+    """
+
+    def __iter__(self) -> FailedStream:
+        return self
+
+    def __next__(self) -> NoReturn:
+        raise self
+
+    def next(self) -> NoReturn:
+        raise self

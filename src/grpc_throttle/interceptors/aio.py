@@ -8,7 +8,6 @@ gives its tokens back, or a pending back-off, or the attempt in flight.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import random as _random
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -17,22 +16,17 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from .. import _checks
 from ..buckets import AsyncBucket, BucketReservation, TokenBucket
-from ..events import EventHook, GaveUp, emit
+from ..events import EventHook
 from ..policy import ThrottlePolicy
 from ..retry import RetryBudget, RetryPolicy
 from . import _bases, _otel
-from ._attempts import CallState
-from ._call import deadline_error
+from ._plan import Backoff, CallPlan, Finish, GiveUp, Refuse, Send, Wait
 from ._stats import Stats
-from .sync import _NUMBERS, Cost, make_settings
+from .sync import _NUMBERS, Cost, _keep_hook_while_alive, _name, make_settings
 
 __all__ = ["ThrottlingInterceptor"]
-
-
-async def _seconds(value: Any) -> float:
-    """A reservation's ``due_in()``: a float, or a coroutine on asyncio's Redis bucket."""
-    return float(await value) if inspect.isawaitable(value) else float(value)
 
 
 class ThrottlingInterceptor(_bases.AioUnaryUnary):
@@ -67,23 +61,22 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         on_event: EventHook | None = None,
         name: str | None = None,
         cost: Cost = 1,
+        metadata: Iterable[tuple[str, str | bytes]] = (),
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
     ) -> None:
-        reserve = getattr(bucket, "reserve", None)
-        if not callable(reserve):
-            raise ValueError(f"bucket must be a token bucket with a reserve() method, got {bucket!r}")
-        self._async_bucket = inspect.iscoroutinefunction(reserve)
-        if not self._async_bucket and not isinstance(bucket, TokenBucket):
+        if not isinstance(bucket, (AsyncBucket, TokenBucket)):
             # A synchronous bucket that does I/O would block the event loop.
             raise ValueError(
-                f"bucket {bucket!r} is synchronous and may block the event loop: use a "
-                "grpc_throttle.TokenBucket or an asynchronous bucket (grpc_throttle.aio.RedisTokenBucket)"
+                f"bucket must be a grpc_throttle.TokenBucket or an asynchronous bucket "
+                f"(grpc_throttle.aio.RedisTokenBucket); any other may block the event loop; got {bucket!r}"
             )
         self._bucket = bucket
-        #: The local bucket's clock, when its reservations carry ready_at on it.
-        self._ready_clock = bucket._clock if isinstance(bucket, TokenBucket) else None
-        self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, clock, random)
+        self._async_bucket = isinstance(bucket, AsyncBucket)
+        self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, metadata, clock, random)
+        #: Metadata added to every attempt, as grpc.aio wants it.
+        self._metadata = _checks.metadata_pairs(metadata)
+        _keep_hook_while_alive(self, bucket, on_event)
         #: Names this interceptor in OpenTelemetry metrics and logs.
         self.name = name or f"interceptor-{next(_NUMBERS)}"
         _otel.register(self, self.name)
@@ -111,36 +104,51 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         """This interceptor plus one per streaming call kind, for ``interceptors=``."""
         return [self, _UnaryStream(self), _StreamUnary(self), _StreamStream(self)]
 
-    async def _take_token(self, state: CallState, tokens: float) -> BucketReservation | None:
-        """Wait for ``tokens``; None (nothing taken) if that would pass the deadline."""
-        max_wait = max(state.remaining(), 0.0)
-        reservation: BucketReservation | None
+    async def _reserve(self, tokens: float, max_wait: float) -> BucketReservation | None:
         if self._async_bucket:
-            reservation = await self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[misc]
-        else:
-            reservation = self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[assignment]
-        if reservation is not None and reservation.delay > 0:
-            self._settings.stats.add("token_wait_seconds", reservation.delay)
-            delay = reservation.delay
-            if self._ready_clock is not None:
-                # Sleep to the slot's absolute time: a pause (e.g. garbage
-                # collection) between reserve() and here would otherwise push
-                # this waiter behind later ones and break FIFO order.
-                delay = reservation.ready_at - self._ready_clock()  # type: ignore[attr-defined]
-            due_in = getattr(reservation, "due_in", None)
-            try:
+            return await self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[no-any-return,misc]
+        return self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[return-value]
+
+    async def _due_in(self, reservation: Any) -> float:
+        if self._async_bucket:
+            return await self._bucket.due_in(reservation)  # type: ignore[no-any-return,misc]
+        return self._bucket.due_in(reservation)  # type: ignore[return-value]
+
+    async def _take_token(self, plan: CallPlan) -> Send | Refuse | GiveUp:
+        """Wait for a token as the plan says; what to do next (never Wait)."""
+        max_wait = plan.reserve_wait()
+        if max_wait is None:
+            return plan.expired()
+        reservation = await self._reserve(plan.tokens, max_wait)
+        action = plan.reserved(reservation)
+        if reservation is None:
+            return action  # type: ignore[return-value]
+        try:
+            while isinstance(action, Wait):
+                delay = action.delay
+                ready_at = getattr(reservation, "ready_at", None)
+                if ready_at is not None and action.delay == reservation.delay:
+                    # Sleep to the slot's absolute time: a pause between
+                    # reserve() and here must not push this waiter behind later ones.
+                    delay = ready_at - self._bucket.clock()
                 await asyncio.sleep(delay)
-                # A rate cut while we slept re-spaces the queue: wait the difference.
-                while due_in is not None and (delay := await _seconds(due_in())) > 0:
-                    if delay > state.remaining():
-                        reservation.cancel()
-                        return None  # as if the wait had been known at first
-                    self._settings.stats.add("token_wait_seconds", delay)
-                    await asyncio.sleep(delay)
-            except asyncio.CancelledError:
-                reservation.cancel()
-                raise
-        return reservation
+                action = plan.woken(await self._due_in(reservation))
+        except asyncio.CancelledError:
+            reservation.cancel()
+            plan.cancelled()
+            raise
+        if not isinstance(action, Send):
+            reservation.cancel()
+        return action
+
+    def _details(self, details: grpc.aio.ClientCallDetails, timeout: float | None) -> grpc.aio.ClientCallDetails:
+        metadata = details.metadata
+        if self._metadata:
+            present = {key for key, _ in metadata or ()}
+            metadata = grpc.aio.Metadata(*(metadata or ()), *(p for p in self._metadata if p[0] not in present))
+        return grpc.aio.ClientCallDetails(
+            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+        )
 
     # -- unary-unary: paced, inspected, retried -----------------------------
 
@@ -151,64 +159,50 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         request: Any,
     ) -> Any:
         settings = self._settings
-        stats = settings.stats
-        stats.add("calls")
-        tokens = settings.tokens_for(client_call_details.method, request)
-        state = CallState(settings, client_call_details.timeout)
+        method = _name(client_call_details.method)
+        plan = CallPlan(settings, method, client_call_details.timeout, settings.tokens_for(method, request))
         throttled_call = None
         while True:
-            remaining = state.remaining()
-            reservation = await self._take_token(state, tokens)
-            if reservation is None:
-                if throttled_call is not None:
-                    stats.add("give_ups")
-                    if settings.hooks:
-                        emit(settings.hooks, GaveUp(_name(client_call_details.method), state.attempt, "deadline"))
-                    return throttled_call
-                stats.add("deadline_rejections")
-                raise _aio_error(deadline_error(None, remaining))
-            round = getattr(reservation, "round", 0)
-            state.attempt += 1
-            stats.add("attempts")
-            if state.attempt > 1:
-                stats.add("retries")
-            details = client_call_details
-            if state.deadline is not None:
-                details = _with_timeout(details, state.attempt_timeout())
-            call = await continuation(details, request)
+            action: Any = await self._take_token(plan)
+            if isinstance(action, Refuse):
+                raise _aio_error(action.error)
+            if isinstance(action, GiveUp):
+                return throttled_call
+            call = await continuation(self._details(client_call_details, action.timeout), request)
             try:
                 response = await call
             except grpc.aio.AioRpcError as error:
                 if not settings.throttle.error_throttled(error):
-                    return call
-                trailers = error.trailing_metadata()
+                    return call  # a plain failure: no signal either way
+                action = plan.answered(True, error.trailing_metadata())
             except asyncio.CancelledError:
                 call.cancel()
+                plan.cancelled()
                 raise
             else:
-                if not settings.throttle.response_throttled(response):
-                    settings.on_answer(False, round)
-                    return call
-                trailers = await call.trailing_metadata()
-            settings.on_answer(True, round)
-            throttled_call = call
-            delay = state.delay_before_retry(client_call_details.method, trailers)
-            if delay is None:
+                throttled = settings.throttle.response_throttled(response)
+                action = plan.answered(throttled, await call.trailing_metadata() if throttled else None)
+            if isinstance(action, (Finish, GiveUp)):
                 return call
-            await asyncio.sleep(delay)
+            throttled_call = call
+            assert isinstance(action, Backoff)
+            try:
+                await asyncio.sleep(action.delay)
+            except asyncio.CancelledError:
+                plan.cancelled()
+                raise
 
     # -- streaming: paced when they start, never retried ---------------------
 
     async def _wait_to_start(self, details: grpc.aio.ClientCallDetails, request: Any) -> grpc.aio.ClientCallDetails:
         settings = self._settings
-        settings.stats.add("calls")
-        state = CallState(settings, details.timeout)
-        remaining = state.remaining()
-        if await self._take_token(state, settings.tokens_for(details.method, request)) is None:
-            settings.stats.add("deadline_rejections")
-            raise _aio_error(deadline_error(None, remaining))
-        settings.stats.add("attempts")
-        return details if state.deadline is None else _with_timeout(details, state.attempt_timeout())
+        method = _name(details.method)
+        plan = CallPlan(settings, method, details.timeout, settings.tokens_for(method, request), retries=False)
+        action = await self._take_token(plan)
+        if not isinstance(action, Send):
+            assert isinstance(action, Refuse)  # a stream is never answered throttled here
+            raise _aio_error(action.error)
+        return self._details(details, action.timeout)
 
     def __repr__(self) -> str:
         return f"<aio.ThrottlingInterceptor bucket={self._bucket!r} retry={self.retry!r} throttle={self.throttle!r}>"
@@ -254,16 +248,6 @@ class _StreamStream(_bases.AioStreamStream):
     ) -> Any:
         details = await self._parent._wait_to_start(client_call_details, None)
         return await continuation(details, request_iterator)
-
-
-def _with_timeout(details: grpc.aio.ClientCallDetails, timeout: float | None) -> grpc.aio.ClientCallDetails:
-    return grpc.aio.ClientCallDetails(
-        details.method, timeout, details.metadata, details.credentials, details.wait_for_ready
-    )
-
-
-def _name(method: str | bytes) -> str:
-    return method.decode() if isinstance(method, bytes) else method
 
 
 def _aio_error(error: Any) -> grpc.aio.AioRpcError:

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import math
 import random as _random
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
 
 from .. import _checks
-from ..buckets import Bucket
+from ..buckets import AsyncBucket, Bucket
 from ..events import EventHook
 from ..policy import ThrottlePolicy
 from ..retry import RetryBudget, RetryPolicy, budget_for
 from . import _bases, _otel
-from ._attempts import Settings, copy_details
-from ._call import ThrottledCall, deadline_error
+from ._attempts import CallDetails, Settings, copy_details
+from ._call import ThrottledCall
+from ._plan import CallPlan, Refuse, Send, Wait
 from ._stats import Stats
 
 __all__ = ["ThrottlingInterceptor"]
@@ -54,7 +54,10 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
             reports (``grpc_throttle.*`` observable instruments read from
             :meth:`stats`) whenever ``opentelemetry-api`` is installed.
         cost: Tokens per call, or a function ``(method, request) -> tokens``
-            (``request`` is None for client-streaming calls).
+            (``request`` is None for client-streaming calls); at most the
+            bucket's capacity.
+        metadata: ``(key, value)`` pairs added to every attempt, e.g. an API
+            key; a key the call sets itself wins. Values are never logged.
         clock: Monotonic clock used for deadlines.
         random: Uniform [0, 1) source for back-off jitter.
 
@@ -75,16 +78,17 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
         on_event: EventHook | None = None,
         name: str | None = None,
         cost: Cost = 1,
+        metadata: Iterable[tuple[str, str | bytes]] = (),
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
     ) -> None:
-        reserve = getattr(bucket, "reserve", None)
-        if not callable(reserve):
-            raise ValueError(f"bucket must be a token bucket with a reserve() method, got {bucket!r}")
-        if inspect.iscoroutinefunction(reserve):
+        if isinstance(bucket, AsyncBucket):
             raise ValueError(f"bucket {bucket!r} is asynchronous: use it with grpc_throttle.aio.ThrottlingInterceptor")
+        if not isinstance(bucket, Bucket):
+            raise ValueError(f"bucket must be a grpc_throttle bucket (a buckets.Bucket), got {bucket!r}")
         self._bucket = bucket
-        self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, clock, random)
+        self._settings = make_settings(bucket, retry, throttle, budget, on_event, cost, metadata, clock, random)
+        _keep_hook_while_alive(self, bucket, on_event)
         #: Names this interceptor in OpenTelemetry metrics and logs.
         self.name = name or f"interceptor-{next(_NUMBERS)}"
         _otel.register(self, self.name)
@@ -117,8 +121,9 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
         request: Any,
     ) -> Any:  # a ThrottledCall: a grpc.Call and grpc.Future
         details = copy_details(client_call_details)
-        tokens = self._settings.tokens_for(details.method, request)
-        return ThrottledCall(self._settings, self._bucket, continuation, details, request, tokens).start()
+        settings = self._settings
+        plan = CallPlan(settings, _name(details.method), details.timeout, settings.tokens_for(details.method, request))
+        return ThrottledCall(settings, self._bucket, continuation, details, request, plan).start()
 
     # -- streaming: paced when they start, never retried ---------------------
 
@@ -146,39 +151,45 @@ class ThrottlingInterceptor(_bases.UnaryUnary, _bases.UnaryStream, _bases.Stream
     ) -> Any:
         return continuation(self._wait_to_start(client_call_details, None), request_iterator)
 
-    def _wait_to_start(self, client_call_details: grpc.ClientCallDetails, request: Any) -> grpc.ClientCallDetails:
-        # Streams block the calling thread for their token, as a stream's
-        # start cannot be handed back as a pending future.
+    def _wait_to_start(
+        self, client_call_details: grpc.ClientCallDetails, request: Any, *, sleep: Callable[[float], None] = time.sleep
+    ) -> CallDetails:
+        """Block the calling thread for a stream's token: the same plan, one attempt.
+
+        A stream's start cannot be handed back as a pending future, so the
+        wait is a sleep here. Raises the refusal (an ``RpcError``) when the
+        deadline leaves no time.
+        """
         details = copy_details(client_call_details)
         settings = self._settings
-        settings.stats.add("calls")
-        deadline = None if details.timeout is None else settings.clock() + details.timeout
-        remaining = math.inf if deadline is None else deadline - settings.clock()
-        reservation = self._bucket.reserve(settings.tokens_for(details.method, request), max_wait=max(remaining, 0.0))
-        if reservation is None:
-            settings.stats.add("deadline_rejections")
-            raise deadline_error(None, remaining)
-        if reservation.delay > 0:
-            settings.stats.add("token_wait_seconds", reservation.delay)
-            due_in = getattr(reservation, "due_in", None)
+        plan = CallPlan(
+            settings,
+            _name(details.method),
+            details.timeout,
+            settings.tokens_for(details.method, request),
+            retries=False,
+        )
+        bucket = self._bucket
+        max_wait = plan.reserve_wait()
+        if max_wait is None:
+            action: Any = plan.expired()
+        else:
+            reservation = bucket.reserve(plan.tokens, max_wait=max_wait)
+            action = plan.reserved(reservation)
             try:
-                time.sleep(reservation.delay)
-                # A rate cut while we slept re-spaces the queue: wait the difference.
-                while due_in is not None and (delay := due_in()) > 0:
-                    remaining = math.inf if deadline is None else deadline - settings.clock()
-                    if delay > remaining:
-                        reservation.cancel()
-                        settings.stats.add("deadline_rejections")
-                        raise deadline_error(delay, remaining)
-                    settings.stats.add("token_wait_seconds", delay)
-                    time.sleep(delay)
+                while isinstance(action, Wait):
+                    sleep(action.delay)
+                    action = plan.woken(bucket.due_in(reservation))
             except BaseException:
-                reservation.cancel()
+                if reservation is not None:
+                    reservation.cancel()
                 raise
-        settings.stats.add("attempts")
-        if deadline is None:
-            return details
-        return details._replace(timeout=max(0.0, deadline - settings.clock()))
+            if isinstance(action, Refuse) and reservation is not None:
+                reservation.cancel()
+        if isinstance(action, Send):
+            return details._replace(timeout=action.timeout, metadata=settings.with_metadata(details.metadata))
+        assert isinstance(action, Refuse)  # a stream is never answered throttled here
+        raise action.error
 
     def __repr__(self) -> str:
         return f"<ThrottlingInterceptor bucket={self._bucket!r} retry={self.retry!r} throttle={self.throttle!r}>"
@@ -191,6 +202,7 @@ def make_settings(
     budget: RetryBudget | bool,
     on_event: EventHook | None,
     cost: Cost,
+    metadata: Iterable[tuple[str, str | bytes]],
     clock: Callable[[], float],
     random: Callable[[], float],
 ) -> Settings:
@@ -209,26 +221,42 @@ def make_settings(
         if not callable(on_event):
             raise ValueError(f"on_event must be callable, got {on_event!r}")
         hooks = (on_event,)
-        add_listener = getattr(bucket, "add_listener", None)
-        if add_listener is not None:
-            add_listener(on_event)
+    if not callable(clock):
+        raise ValueError(f"clock must be callable, got {clock!r}")
+    if not callable(random):
+        raise ValueError(f"random must be callable, got {random!r}")
     return Settings(
         bucket,
         retry=_check_type("retry", retry, RetryPolicy),
         throttle=_check_type("throttle", throttle, ThrottlePolicy),
         budget=shared,
-        cost=check_cost(cost),
+        cost=check_cost(cost, bucket.capacity),
         clock=clock,
         random=random,
         hooks=hooks,
+        metadata=_checks.metadata_pairs(metadata),
     )
 
 
-def check_cost(cost: Cost) -> Cost:
-    """Validate an interceptor's ``cost`` argument."""
+def check_cost(cost: Cost, capacity: float) -> Cost:
+    """Validate an interceptor's ``cost`` argument against its bucket's capacity."""
     if callable(cost):
         return cost
-    return _checks.positive("cost", cost)
+    tokens = _checks.positive("cost", cost)
+    if tokens > capacity:
+        raise ValueError(f"cost must be <= the bucket's capacity ({capacity:g}) or no call could run, got {cost!r}")
+    return tokens
+
+
+def _keep_hook_while_alive(interceptor: object, bucket: Any, hook: EventHook | None) -> None:
+    """Hear the bucket's rate changes while ``interceptor`` lives, and not after."""
+    if hook is not None:
+        bucket.add_listener(hook)
+        weakref.finalize(interceptor, bucket.remove_listener, hook)
+
+
+def _name(method: str | bytes) -> str:
+    return method.decode() if isinstance(method, bytes) else method
 
 
 def _check_type(name: str, value: Any, kind: type[Any]) -> Any:
