@@ -14,6 +14,8 @@ call id, so one logical call retried by the interceptor is seen as attempts
                          ``grpc-retry-pushback-ms`` trailer set to MS
 - ``retryinfo=MS*N``     first N attempts fail RESOURCE_EXHAUSTED with a
                          ``google.rpc.RetryInfo`` of MS milliseconds in the status details
+- ``slowpush=MS*N``      first N attempts answer "slow down" in an OK body with the
+                         ``grpc-retry-pushback-ms`` trailer set to MS
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Script:
             return "ok", None, attempt
         if name == "sleep":
             return "sleep", float(arg), attempt
-        if name in ("pushback", "retryinfo"):
+        if name in ("pushback", "retryinfo", "slowpush"):
             ms, _, times = arg.partition("*")
             if attempt <= int(times):
                 return name, ms, attempt
@@ -127,7 +129,9 @@ class _SyncEcho(echo_pb2_grpc.EchoServicer):
             context.abort_with_status(retry_info_status(int(arg)))
         if action == "sleep":
             time.sleep(arg)
-        return self.script.answer(request.text, attempt, action == "throttle")
+        if action == "slowpush":  # a throttled OK answer whose trailer says how long to wait
+            context.set_trailing_metadata((("grpc-retry-pushback-ms", arg),))
+        return self.script.answer(request.text, attempt, action in ("throttle", "slowpush"))
 
     def ServerStream(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         _, _, attempt = self.script.decide(request.text, context)
