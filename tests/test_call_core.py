@@ -199,7 +199,7 @@ def test_throttled_channel_callables_are_grpc_multicallables(echo_server: EchoSe
 
 def test_throttled_channel_refuses_a_non_channel() -> None:
     interceptor = ThrottlingInterceptor(TokenBucket(rate=10))
-    with pytest.raises(ValueError, match="grpc.Channel"):
+    with pytest.raises(ValueError, match=r"grpc\.Channel"):
         ThrottledChannel("localhost:1", interceptor)  # type: ignore[arg-type]
 
 
