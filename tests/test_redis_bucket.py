@@ -389,11 +389,11 @@ def test_a_key_of_the_wrong_type_is_a_clear_error(
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"rate": 0}, "rate must be a finite number > 0"),
+        ({"rate": 0}, "rate must be a number in"),
         ({"rate": float("nan")}, "rate"),
         ({"rate": float("inf")}, "rate"),
         ({"rate": "10"}, "rate must be a number"),
-        ({"capacity": 0.5}, "capacity must be a finite number >= 1"),
+        ({"capacity": 0.5}, "capacity must be a number in \\[1,"),
         ({"on_failure": "retry"}, "on_failure must be one of"),
         ({"key": ""}, "key must be a non-empty str"),
         ({"key": 42}, "key must be a non-empty str"),

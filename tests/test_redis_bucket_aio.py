@@ -248,7 +248,7 @@ async def test_the_bucket_satisfies_the_async_bucket_protocol(make: Make) -> Non
 async def test_bad_inputs_are_clear_errors() -> None:
     with pytest.raises(ValueError, match=r"client must be a redis\.asyncio\.Redis, got Redis; use"):
         RedisTokenBucket(redis.Redis(), key="k", rate=1)
-    with pytest.raises(ValueError, match="rate must be a finite number > 0"):
+    with pytest.raises(ValueError, match="rate must be a number in"):
         RedisTokenBucket(aioredis.Redis(), key="k", rate=-1)
     with pytest.raises(ValueError, match="key must be a non-empty str"):
         RedisTokenBucket(aioredis.Redis(), key="", rate=1)

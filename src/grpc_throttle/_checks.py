@@ -1,4 +1,9 @@
-"""Argument checks shared by the config objects: each names the bad field."""
+"""Argument checks shared by the config objects: each names the bad field.
+
+Every number accepted here is also usable: values are kept within
+[:data:`SMALLEST`, :data:`LARGEST`] so that the arithmetic done with them later
+(intervals ``1/rate``, powers, deadlines) neither overflows nor turns to NaN.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +11,36 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+#: The smallest positive value accepted (a rate of one call in ~30 years).
+SMALLEST = 1e-9
+#: The largest finite value accepted (seconds: ~30,000 years; tokens; rates).
+LARGEST = 1e12
+
 
 def positive(name: str, value: Any, *, allow_inf: bool = False) -> float:
-    """Return ``value`` as a float, or raise ValueError unless it is finite and > 0."""
+    """Return ``value`` as a float, or raise ValueError unless it is in [SMALLEST, LARGEST] (or inf if allowed)."""
     number = _number(name, value)
-    if math.isnan(number) or number <= 0 or (math.isinf(number) and not allow_inf):
-        raise ValueError(f"{name} must be a {'' if allow_inf else 'finite '}number > 0, got {value!r}")
+    if math.isinf(number) and number > 0 and allow_inf:
+        return number
+    if math.isnan(number) or not SMALLEST <= number <= LARGEST:
+        extra = " or inf" if allow_inf else ""
+        raise ValueError(f"{name} must be a number in [{SMALLEST:g}, {LARGEST:g}]{extra}, got {value!r}")
     return number
 
 
 def non_negative(name: str, value: Any) -> float:
-    """Return ``value`` as a float, or raise ValueError unless it is finite and >= 0."""
+    """Return ``value`` as a float, or raise ValueError unless it is in [0, LARGEST]."""
     number = _number(name, value)
-    if not math.isfinite(number) or number < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if math.isnan(number) or not 0 <= number <= LARGEST:
+        raise ValueError(f"{name} must be a number in [0, {LARGEST:g}], got {value!r}")
     return number
 
 
 def at_least(name: str, value: Any, minimum: float) -> float:
-    """Return ``value`` as a float, or raise ValueError unless it is finite and >= minimum."""
+    """Return ``value`` as a float, or raise ValueError unless it is in [minimum, LARGEST]."""
     number = _number(name, value)
-    if not math.isfinite(number) or number < minimum:
-        raise ValueError(f"{name} must be a finite number >= {minimum:g}, got {value!r}")
+    if math.isnan(number) or not minimum <= number <= LARGEST:
+        raise ValueError(f"{name} must be a number in [{minimum:g}, {LARGEST:g}], got {value!r}")
     return number
 
 

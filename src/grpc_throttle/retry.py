@@ -7,13 +7,14 @@ interceptors both draw their waits from :meth:`RetryPolicy.backoff`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _checks
+from . import _checks, _fork
 
 __all__ = ["RetryBudget", "RetryPolicy", "budget_for"]
 
@@ -74,8 +75,12 @@ class RetryPolicy:
             retry: Which retry this is, counting from 1.
             random: A source of uniform numbers in [0, 1); injectable for tests.
         """
-        exponent = min(retry - 1, 1000)  # keeps the power finite
-        bound = min(self.max_backoff, self.initial_backoff * self.multiplier**exponent)
+        exponent = min(retry - 1, 1000)
+        try:
+            grown = self.initial_backoff * self.multiplier**exponent
+        except OverflowError:  # a large multiplier: the cap applies long before
+            grown = math.inf
+        bound = min(self.max_backoff, grown)
         return bound * random() if self.jitter else bound
 
     def with_max_attempts(self, max_attempts: int) -> RetryPolicy:
@@ -110,7 +115,7 @@ class RetryBudget:
         self.token_ratio = _checks.positive("token_ratio", token_ratio)
         if self.token_ratio > 1:
             raise ValueError(f"token_ratio must be in (0, 1], got {token_ratio!r}")
-        self._lock = threading.Lock()
+        self._lock = _fork.register(self)
         #: Tokens left; retries stop at or below max_tokens / 2.
         self._tokens = self.max_tokens
 
@@ -140,6 +145,14 @@ class RetryBudget:
 
 _budgets: weakref.WeakKeyDictionary[Any, RetryBudget] = weakref.WeakKeyDictionary()
 _budgets_lock = threading.Lock()
+
+
+def _renew_budgets_lock() -> None:
+    global _budgets_lock
+    _budgets_lock = threading.Lock()
+
+
+_fork.at_fork(_renew_budgets_lock)
 
 
 def budget_for(bucket: Any) -> RetryBudget:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import collections
 import math
-import threading
 import time
 from collections.abc import Callable
 
-from .. import _checks
+from .. import _checks, _fork
 from ..events import EventHook, RateChanged, emit
 from . import _cubic, _gcra
 from ._base import Bucket, BucketReservation, Listeners
@@ -122,7 +121,7 @@ class TokenBucket(Bucket):
         if adaptive is not None and not isinstance(adaptive, AdaptiveRate):
             raise ValueError(f"adaptive must be an AdaptiveRate or None, got {adaptive!r}")
         #: Lock guarding the state below; held only for arithmetic.
-        self._lock = threading.Lock()
+        self._lock = _fork.register(self)
         #: Monotonic clock in seconds.
         self._clock = clock
         #: The configured rate, tokens per second.

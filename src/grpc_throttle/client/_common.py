@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
-from .. import _checks
+from .. import _checks, _fork
 from ..buckets import TokenBucket
 
 __all__ = [
@@ -47,6 +47,14 @@ _T = TypeVar("_T")
 #: PAT sha256 -> the bucket every channel for that user shares by default.
 _shared: dict[str, TokenBucket] = {}
 _shared_lock = threading.Lock()
+
+
+def _renew_shared_lock() -> None:
+    global _shared_lock
+    _shared_lock = threading.Lock()
+
+
+_fork.at_fork(_renew_shared_lock)
 
 
 def resolve_pat(pat: str | None, *, from_env: bool, required: bool) -> str | None:

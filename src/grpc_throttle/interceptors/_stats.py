@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 from typing import Any
+
+from .. import _fork
 
 __all__ = ["Stats", "StatsRecorder"]
 
@@ -40,10 +41,10 @@ class Stats:
 class StatsRecorder:
     """Thread-safe counters behind :class:`Stats`."""
 
-    __slots__ = ("_counts", "_lock")
+    __slots__ = ("__weakref__", "_counts", "_lock")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = _fork.register(self)
         self._counts: dict[str, float] = {f.name: 0 for f in dataclasses.fields(Stats)}
         del self._counts["effective_rate"], self._counts["retry_budget"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import os
 import threading
 import time
@@ -70,7 +71,20 @@ class _TimerThread:
                         break
                     self._cond.wait(wait)
             if not timer.cancelled:
-                self._workers.submit(timer.callback)
+                try:
+                    self._workers.submit(timer.callback)
+                except RuntimeError:
+                    # The interpreter is shutting down (the main thread has
+                    # returned while other threads still wait on calls): the
+                    # pool takes no more work, so run the step here.
+                    _run_quietly(timer.callback)
+
+
+def _run_quietly(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:
+        logging.getLogger("grpc_throttle.interceptors").exception("grpc-throttle: a timer step raised")
 
 
 _TIMERS = _TimerThread()
