@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,6 +172,9 @@ def port_in_use() -> tuple[socket.socket, int]:
         (["list-model-types", "--insecure"], 2, "--insecure needs --target"),
         ([], 2, "required"),
         (["frobnicate"], 2, "invalid choice: 'frobnicate'"),
+        (["--bogus", "demo"], 2, "unknown option '--bogus'"),
+        (["list-model-types", "--pat", "k", "--timeout", "1e300"], 2, "--timeout: must be at most"),
+        (["list-model-types", "--pat", "k", "--timeout", "0"], 2, "--timeout: must be a number > 0"),
     ],
 )
 def test_bad_input_is_one_line_and_no_traceback(args: list[str], status: int, expected: str) -> None:
@@ -231,3 +235,19 @@ def test_main_in_process_reports_value_errors(capsys: pytest.CaptureFixture[str]
         capsys.readouterr().err
         == "grpc-throttle: error: --burst only applies to --policy token-bucket, not sliding-window\n"
     )
+
+
+def test_sigterm_stops_the_demo_like_ctrl_c() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grpc_throttle", "demo", "--calls", "2000", "--rate", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+    time.sleep(3)  # well into the first run
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].endswith("interrupted")

@@ -45,7 +45,14 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words and words[0].startswith("-") and words[0] not in ("-h", "--help"):
+        parser.error(f"unknown option {words[0]!r} (options go after the command)")
+    args = parser.parse_args(words)
+    # SIGTERM (a service manager, `kill`) stops a command as Ctrl-C does.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result: int = args.run(args)
         return result
@@ -61,6 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(_os_message(exc), 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def _build_parser() -> _Parser:
@@ -104,7 +118,7 @@ def _build_parser() -> _Parser:
     listing.add_argument("--user-id", help="user id, for keys that need one")
     listing.add_argument("--app-id", help="app id, for keys that need one")
     listing.add_argument("--rate", type=_rate, default=15.0, help="requests/s to stay under (default 15)")
-    listing.add_argument("--timeout", type=_rate, default=10.0, help="seconds for the call, retries included")
+    listing.add_argument("--timeout", type=_timeout, default=10.0, help="seconds for the call, retries included")
     listing.set_defaults(run=_list_model_types)
     return parser
 
@@ -236,6 +250,17 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+#: The longest --timeout: grpc keeps deadlines in a 64-bit count of nanoseconds.
+_MAX_TIMEOUT = 365 * 86400.0
+
+
+def _timeout(text: str) -> float:
+    value = _rate(text)
+    if value > _MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be at most {_MAX_TIMEOUT:g} seconds (a year), got {text!r}")
     return value
 
 
