@@ -1,4 +1,4 @@
-"""The ``grpc.aio`` side of grpc-throttle, mirroring the top-level names.
+"""The ``grpc.aio`` side of grpc-throttle: the interceptor and the asyncio Redis bucket.
 
 Example:
     >>> import grpc.aio, grpc_throttle, grpc_throttle.aio

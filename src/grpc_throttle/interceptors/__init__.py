@@ -1,7 +1,8 @@
 """Client interceptors: ``sync`` for ``grpc`` channels, ``aio`` for ``grpc.aio``.
 
-Both share the per-call retry state (``_attempts``) and the counters
-(``_stats``); they differ only in how they wait (threads vs asyncio).
+Every per-call decision is made once, in ``_plan``; the sync driver
+(``_call``), the aio driver (``aio``), the stream starts and
+``ThrottledChannel`` differ only in how they wait and send.
 """
 
 from __future__ import annotations

@@ -5,9 +5,8 @@ also a ``Future`` back. For ``stub.M(req)`` and ``stub.M.with_call(req)`` the
 continuation blocks and *returns* the outcome (a failed one included, it does
 not raise); for ``stub.M.future(req)`` it returns a pending future. The
 interceptor cannot tell which style it serves, so every call is this one
-object, driven as a small state machine:
-
-    acquire token -> (wait) -> send attempt -> classify -> (back off) -> acquire ...
+object: the sync driver of the call's plan (``_plan.CallPlan``), which decides
+every step; this object only reserves, parks, sends and keeps the outcome.
 
 A step that must wait is parked with a due time. Whoever gets there first runs
 it: a thread blocked in :meth:`ThrottledCall.result` (the blocking styles, so
