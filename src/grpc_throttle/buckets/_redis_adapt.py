@@ -21,7 +21,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..events import EventHook, RateChanged, emit
 from . import _cubic
@@ -191,6 +191,20 @@ class SharedCurve:
         return self.adaptive
 
 
+class FallbackRound(NamedTuple):
+    """The round of a reservation made by the local fallback, not by Redis.
+
+    Rounds count cuts; Redis and the fallback count theirs apart, so a round
+    says whose it is. A throttle of a fallback round is the fallback's signal;
+    a throttle of a Redis round heard while Redis is down cuts the fallback
+    once per Redis round (before, three throttles of one round cut it three
+    times: 10 -> 7 -> 4.9 -> 3.43).
+    """
+
+    #: The fallback bucket's own round.
+    round: int
+
+
 class SharedAdaptation:
     """The adaptation half of the Redis buckets: signals in, script arguments out.
 
@@ -207,6 +221,7 @@ class SharedAdaptation:
     _rate_arg: str
     _capacity_arg: str
     _clock: Callable[[], float]
+    _view_lock: threading.Lock
 
     def _take_report(self, reply: Any, sent: float | None = None) -> None:
         raise NotImplementedError
@@ -235,7 +250,10 @@ class SharedAdaptation:
         if hook in self._view.listeners:
             self._view.listeners.remove(hook)
 
-    def _throttle_args(self, round: int) -> list[str] | None:
+    #: The newest Redis round already applied to the fallback while Redis was down.
+    _redis_round_cut_locally: int = -1
+
+    def _throttle_args(self, round: int | FallbackRound) -> list[str] | None:
         """The throttle script's arguments, or None when no round trip is needed.
 
         None when the process does not adapt, the round was counted already or
@@ -244,7 +262,7 @@ class SharedAdaptation:
         """
         if self._view.adaptive is None:
             return None
-        if not self._breaker.closed:
+        if isinstance(round, FallbackRound) or not self._breaker.closed:
             self._adapt_locally(round)
             return None
         if not self._view.begin_throttle(round):
@@ -275,9 +293,16 @@ class SharedAdaptation:
         else:
             self._take_report(reply)
 
-    def _adapt_locally(self, round: int | None) -> None:
-        if self._settings.on_failure == "local" and self._view.adaptive is not None:
-            if round is None:
-                self._local.record_success()
-            else:
-                self._local.record_throttle(round)
+    def _adapt_locally(self, round: int | FallbackRound | None) -> None:
+        if self._settings.on_failure != "local" or self._view.adaptive is None:
+            return
+        if round is None:
+            self._local.record_success()
+        elif isinstance(round, FallbackRound):
+            self._local.record_throttle(round.round)
+        else:  # a Redis round, heard while Redis is down: one cut per Redis round
+            with self._view_lock:
+                if round <= self._redis_round_cut_locally:
+                    return
+                self._redis_round_cut_locally = round
+            self._local.record_throttle(self._local.round)

@@ -20,7 +20,7 @@ from ._base import BucketReservation
 from ._breaker import Breaker
 from ._cubic import AdaptiveRate
 from ._lease import LeasePool, Slot
-from ._redis_adapt import SharedAdaptation, SharedCurve
+from ._redis_adapt import FallbackRound, SharedAdaptation, SharedCurve
 from ._redis_config import Settings
 from .local import Reservation, TokenBucket
 
@@ -133,6 +133,8 @@ class RedisBucketBase(SharedAdaptation):
         self._lock = threading.Lock()
         #: The rate in force and the adaptation curve, as last seen in Redis.
         self._view = SharedCurve(adaptive, self._rate, self._lock)
+        #: Guards _redis_round_cut_locally (the fallback's own state has its lock).
+        self._view_lock = threading.Lock()
         #: An effective rate still to be written to Redis (sent with the next call).
         self._pending_eff: float | None = None
         #: The fallback bucket for on_failure="local": local_share of the rate and of the burst
@@ -308,8 +310,10 @@ class RedisBucketBase(SharedAdaptation):
             return FreeReservation(tokens)
         self._hold_local()
         reservation = self._local.reserve(min(tokens, self._local.capacity), max_wait=max_wait)
-        if reservation is not None and reservation.ready_at > self._local_until:
-            self._local_until = reservation.ready_at
+        if reservation is not None:
+            reservation.round = FallbackRound(reservation.round)
+            if reservation.ready_at > self._local_until:
+                self._local_until = reservation.ready_at
         return reservation
 
     def _hold_local(self) -> None:

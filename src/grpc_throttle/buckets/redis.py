@@ -259,7 +259,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     # -- adaptation ------------------------------------------------------
 
-    def record_throttle(self, round: int) -> None:
+    def record_throttle(self, round: Any) -> None:
         """Report a throttled answer to an attempt whose reservation had ``round``.
 
         Lowers the rate of every process on the key (``beta``), unless a

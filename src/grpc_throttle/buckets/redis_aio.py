@@ -234,7 +234,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
 
     # -- adaptation: plain methods, the update runs as a task ---------------
 
-    def record_throttle(self, round: int) -> None:
+    def record_throttle(self, round: Any) -> None:
         """Report a throttled answer to an attempt whose reservation had ``round``.
 
         Lowers the rate of every process on the key (``beta``), unless a
