@@ -2,7 +2,8 @@
 
 Not a benchmark itself. Every ``bench_*.py`` script imports it as a top-level
 module (the scripts run as ``python benchmarks/bench_x.py``, so this folder is
-on ``sys.path``); it also puts ``tests/`` there for ``tests/scripted.py``.
+on ``sys.path``); it also puts the repository root there, so that the test
+helpers import as ``tests.scripted`` and ``tests.redis_server``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 # -- statistics ---------------------------------------------------------------
 

@@ -37,11 +37,11 @@ from typing import Any
 import _harness as h
 import grpc
 import grpc.aio
-from scripted import ECHO_POLICY  # the echo service's "slow down" is outcome.state (tests/ via _harness)
 
 import grpc_throttle
 import grpc_throttle.aio
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
+from tests.scripted import ECHO_POLICY  # the echo service's "slow down" is outcome.state (root via _harness)
 
 REQUEST = echo_pb2.EchoRequest(text="1:ok")
 SYNC = ("bare channel", "intercept_channel(pass-through)", "intercept_channel(ours)", "ThrottledChannel(ours)")

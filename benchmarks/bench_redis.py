@@ -19,17 +19,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import redis
 from _harness import write_json
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from grpc_throttle.buckets.redis import RedisTokenBucket
 
@@ -131,8 +127,8 @@ def main() -> None:
     parser.add_argument("--lease", type=int, default=16)
     args = parser.parse_args()
     server: Any = None
-    if args.url is None:  # tests/redis_server.py, on sys.path above
-        server = importlib.import_module("redis_server").RedisServer()
+    if args.url is None:  # tests/redis_server.py; _harness put the root on sys.path
+        server = importlib.import_module("tests.redis_server").RedisServer()
         server.start()
     url = args.url or server.url
     try:

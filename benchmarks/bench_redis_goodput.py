@@ -189,7 +189,7 @@ def main() -> None:
     q = args.rate
     server: Any = None
     if args.url is None:  # tests/redis_server.py; _harness put tests/ on sys.path
-        server = importlib.import_module("redis_server").RedisServer()
+        server = importlib.import_module("tests.redis_server").RedisServer()
         server.start()
     url = args.url or server.url
     print(f"# bench_redis_goodput: Q={q:g}/s, {args.calls} calls, {args.processes} processes x {args.threads} threads")

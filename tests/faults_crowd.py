@@ -23,7 +23,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from faults_lib import (
+
+import grpc_throttle.aio
+from grpc_throttle import ThrottlingInterceptor
+from tests.faults_lib import (
     CHANNEL_OPTIONS,
     FAST_RETRY,
     POLICIES,
@@ -36,9 +39,6 @@ from faults_lib import (
     call_sync,
     sync_methods,
 )
-
-import grpc_throttle.aio
-from grpc_throttle import ThrottlingInterceptor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,9 +266,9 @@ class _Child:
         self._lines: queue.Queue[str] = queue.Queue()
 
     def spawn(self, threads: int) -> None:
-        code = f"import sys; sys.path.insert(0, {str(TESTS)!r}); import faults_crowd; faults_crowd.child_main()"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        code = "from tests import faults_crowd; faults_crowd.child_main()"
+        self._proc = subprocess.Popen(  # run from the repository root, where `tests` is a package
+            [sys.executable, "-c", code], cwd=TESTS.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
         assert self._proc.stdin is not None
         self._proc.stdin.write(json.dumps({**self._spec, "threads": threads}) + "\n")

@@ -36,7 +36,6 @@ import grpc
 import grpc.aio
 from clarifai_grpc.grpc.api import resources_pb2, service_pb2
 from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
-from scripted import ECHO_POLICY, SLOW_DOWN, Script
 
 from grpc_throttle import (
     AdaptiveRate,
@@ -47,6 +46,7 @@ from grpc_throttle import (
     TokenBucket,
 )
 from grpc_throttle.testing import echo_pb2
+from tests.scripted import ECHO_POLICY, SLOW_DOWN, Script
 
 TESTS = Path(__file__).resolve().parent
 

@@ -33,8 +33,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
-from faults_crowd import Crowd, Load, fixed_thread, leaked_tasks, leaked_threads
-from faults_lib import (
+
+import grpc_throttle.aio
+from grpc_throttle import ThrottlingInterceptor
+from tests.faults_crowd import Crowd, Load, fixed_thread, leaked_tasks, leaked_threads
+from tests.faults_lib import (
     FAST_RETRY,
     SERVICES,
     Backend,
@@ -46,11 +49,8 @@ from faults_lib import (
     max_in_window,
     sync_methods,
 )
-from redis_server import RedisServer
-from scripted import ECHO_POLICY
-
-import grpc_throttle.aio
-from grpc_throttle import ThrottlingInterceptor
+from tests.redis_server import RedisServer
+from tests.scripted import ECHO_POLICY
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import tempfile
 import time
 from types import TracebackType
 
-__all__ = ["RedisServer", "redis_server_binary"]
+__all__ = ["RedisServer", "redis_server_binary", "require_redis"]
 
 
 def redis_server_binary() -> str | None:
@@ -128,3 +128,22 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def require_redis() -> None:
+    """Skip (or, under CI=true, fail) the calling test when Redis is not available."""
+    import pytest  # here, so that the benchmarks can use this module without pytest
+
+    missing = []
+    if redis_server_binary() is None:
+        missing.append("redis-server is not on PATH")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing.append("redis-py is not installed")
+    if not missing:
+        return
+    reason = "; ".join(missing)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}, and CI=true: the CI setup must install it", pytrace=False)
+    pytest.skip(reason)

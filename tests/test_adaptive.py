@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from clock import VirtualClock
 from hypothesis import given
 from hypothesis import strategies as st
 
 from grpc_throttle import AdaptiveRate, RateChanged, RetryBudget, TokenBucket
 from grpc_throttle.buckets import _cubic
+from tests.clock import VirtualClock
 
 
 def make(rate: float = 10.0, **kwargs: object) -> tuple[TokenBucket, VirtualClock]:

@@ -3,7 +3,7 @@
 Real time, generous bounds: these check behaviour, not speed. The virtual-clock
 tests of each backend (test_token_bucket.py, test_redis_bucket.py) pin the
 arithmetic exactly. The Redis rows need ``redis-server``: without it they are
-skipped, or fail under ``CI=true`` (conftest_redis.require_redis).
+skipped, or fail under ``CI=true`` (tests.redis_server.require_redis).
 """
 
 from __future__ import annotations
@@ -15,15 +15,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import conftest_redis
 import grpc
 import pytest
-from conftest_redis import bucket_key, redis_server  # noqa: F401
-from scripted import ECHO_POLICY
 
 from grpc_throttle import AdaptiveRate, ThrottledChannel, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.buckets.redis import RedisTokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
+from tests import redis_server as redis_server_module
+from tests.scripted import ECHO_POLICY
 
 #: Every bucket backend; each test below runs once per entry.
 BACKENDS = ["local", "redis"]
@@ -35,7 +34,7 @@ Make = Callable[..., Bucket]
 
 
 @pytest.fixture(params=BACKENDS)
-def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:  # noqa: F811
+def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
     """A factory of buckets of one backend: ``make(rate=..., capacity=..., adaptive=...)``."""
     made: list[RedisTokenBucket] = []
     url = request.getfixturevalue("redis_server").url if request.param == "redis" else ""
@@ -179,10 +178,10 @@ def test_bad_token_counts_raise_value_error(make: Make, tokens: Any) -> None:
 
 
 def test_without_redis_server_the_redis_rows_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conftest_redis, "redis_server_binary", lambda: None)
+    monkeypatch.setattr(redis_server_module, "redis_server_binary", lambda: None)
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
-        conftest_redis.require_redis()
+        redis_server_module.require_redis()
     monkeypatch.setenv("CI", "")
     with pytest.raises(pytest.skip.Exception, match="redis-server"):
-        conftest_redis.require_redis()
+        redis_server_module.require_redis()

@@ -9,11 +9,11 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from scripted import ECHO_POLICY, AioEchoServer
 
 import grpc_throttle.aio
 from grpc_throttle import RetryPolicy, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
+from tests.scripted import ECHO_POLICY, AioEchoServer
 
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
 

@@ -11,7 +11,6 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from scripted import ECHO_POLICY, SLOW_DOWN, AioEchoServer, EchoServer
 
 import grpc_throttle.aio
 from grpc_throttle import (
@@ -27,6 +26,7 @@ from grpc_throttle import (
 )
 from grpc_throttle.policy import server_pushback
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
+from tests.scripted import ECHO_POLICY, SLOW_DOWN, AioEchoServer, EchoServer
 
 OPT_IN = ThrottlePolicy(grpc_codes={grpc.StatusCode.RESOURCE_EXHAUSTED})
 FAST = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.01)

@@ -11,8 +11,9 @@ fail under ``CI=true``.
 from __future__ import annotations
 
 import pytest
-from conftest_redis import require_redis
-from faults_scenarios import SCENARIOS, SHORT
+
+from tests.faults_scenarios import SCENARIOS, SHORT
+from tests.redis_server import require_redis
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

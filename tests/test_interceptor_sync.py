@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
-from scripted import ECHO_POLICY, SLOW_DOWN, EchoServer
 
 from grpc_throttle import RetryPolicy, ThrottledChannel, ThrottlePolicy, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
+from tests.scripted import ECHO_POLICY, SLOW_DOWN, EchoServer
 
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
 

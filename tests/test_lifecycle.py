@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 
 import pytest
-from scripted import EchoServer
 
 from grpc_throttle import AdaptiveRate, RetryPolicy, ThrottlingInterceptor, TokenBucket
+from tests.scripted import EchoServer
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 

@@ -8,10 +8,10 @@ import grpc
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from scripted import ECHO_POLICY, EchoServer
 
 from grpc_throttle import RetryPolicy, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
+from tests.scripted import ECHO_POLICY, EchoServer
 
 
 def points(reader: InMemoryMetricReader, instrument: str, name: str) -> list[Any]:

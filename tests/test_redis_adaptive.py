@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest_redis import bucket_key, own_redis_server, redis_client, redis_server  # noqa: F401
-from redis_server import RedisServer
 
 from grpc_throttle import AdaptiveRate, RateChanged
 from grpc_throttle.buckets import _cubic
@@ -18,6 +16,7 @@ from grpc_throttle.buckets import redis_aio as aio
 from grpc_throttle.buckets._redis_adapt import SCRIPTS
 from grpc_throttle.buckets.local import Reservation
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
+from tests.redis_server import RedisServer
 
 Make = Callable[..., RedisTokenBucket]
 #: Recovers in well under a second: beta 0.5, then back to the configured rate fast.
@@ -25,7 +24,7 @@ FAST = AdaptiveRate(beta=0.5, scale=50.0, probe_time=1.0)
 
 
 @pytest.fixture
-def make(redis_server: RedisServer, bucket_key: str) -> Iterator[Make]:  # noqa: F811
+def make(redis_server: RedisServer, bucket_key: str) -> Iterator[Make]:
     made: list[RedisTokenBucket] = []
 
     def factory(server: RedisServer | None = None, **kwargs: Any) -> RedisTokenBucket:
@@ -88,7 +87,7 @@ def test_signals_of_one_round_count_once_across_objects(make: Make) -> None:
     assert one.effective_rate == pytest.approx(4.9)
 
 
-def test_sixteen_threads_throttled_together_count_once(make: Make, redis_client: Any) -> None:  # noqa: F811
+def test_sixteen_threads_throttled_together_count_once(make: Make, redis_client: Any) -> None:
     buckets = [make(rate=10), make(rate=10)]
     rounds = [reserve(b).round for b in buckets]
     start = threading.Barrier(16)
@@ -107,7 +106,7 @@ def test_sixteen_threads_throttled_together_count_once(make: Make, redis_client:
     assert int(redis_client.hget(buckets[0].key, "rd")) == 1
 
 
-def test_an_older_round_costs_no_round_trip(make: Make, redis_client: Any) -> None:  # noqa: F811
+def test_an_older_round_costs_no_round_trip(make: Make, redis_client: Any) -> None:
     bucket = make(rate=10)
     stale = reserve(bucket).round
     bucket.record_throttle(stale)
@@ -131,7 +130,7 @@ def test_recovery_reaches_the_configured_rate_for_every_object(make: Make) -> No
 
 def test_successes_cost_nothing_at_the_configured_rate_and_little_while_recovering(
     make: Make,
-    redis_client: Any,  # noqa: F811
+    redis_client: Any,
 ) -> None:
     bucket = make(rate=10, adaptive=AdaptiveRate(beta=0.5, scale=1.0, probe_time=1.0))
     reserve(bucket)
@@ -176,7 +175,7 @@ def test_a_recovery_step_never_pulls_a_slot_closer_than_an_interval_to_one_hande
     assert after.ready_at - queued[-1].ready_at >= 0.9 / bucket.effective_rate
 
 
-def test_the_scripts_do_the_cubic_arithmetic(redis_client: Any, bucket_key: str) -> None:  # noqa: F811
+def test_the_scripts_do_the_cubic_arithmetic(redis_client: Any, bucket_key: str) -> None:
     config = AdaptiveRate(beta=0.6, scale=2.0, probe_time=2.0)
     throttle = redis_client.register_script(SCRIPTS["throttle"])
     success = redis_client.register_script(SCRIPTS["recover"])
@@ -261,7 +260,7 @@ def test_set_effective_rate_holds_and_a_throttle_lowers_it(make: Make) -> None:
 # -- failures ----------------------------------------------------------------
 
 
-def test_while_redis_is_down_the_fallback_adapts_locally(make: Make, own_redis_server: RedisServer) -> None:  # noqa: F811
+def test_while_redis_is_down_the_fallback_adapts_locally(make: Make, own_redis_server: RedisServer) -> None:
     bucket = make(own_redis_server, rate=40, cooldown=30)  # fallback: 10/s
     reserve(bucket)
     own_redis_server.stop()
@@ -278,7 +277,7 @@ def test_while_redis_is_down_the_fallback_adapts_locally(make: Make, own_redis_s
 
 def test_a_down_redis_with_fail_policy_does_not_raise_from_signals(
     make: Make,
-    own_redis_server: RedisServer,  # noqa: F811
+    own_redis_server: RedisServer,
 ) -> None:
     bucket = make(own_redis_server, on_failure="fail", timeout=0.2)
     reserve(bucket)
@@ -294,7 +293,7 @@ AioMake = Callable[..., aio.RedisTokenBucket]
 
 
 @pytest.fixture
-async def amake(redis_server: RedisServer, bucket_key: str) -> AsyncIterator[AioMake]:  # noqa: F811
+async def amake(redis_server: RedisServer, bucket_key: str) -> AsyncIterator[AioMake]:
     made: list[aio.RedisTokenBucket] = []
 
     def factory(**kwargs: Any) -> aio.RedisTokenBucket:
@@ -347,7 +346,7 @@ async def test_aio_recovery_and_listeners(amake: AioMake) -> None:
     assert (events[-1].new_rate, events[-1].reason) == (10.0, "recovery")
 
 
-def test_aio_signals_outside_an_event_loop_are_dropped(redis_server: RedisServer, bucket_key: str) -> None:  # noqa: F811
+def test_aio_signals_outside_an_event_loop_are_dropped(redis_server: RedisServer, bucket_key: str) -> None:
     bucket = aio.RedisTokenBucket.from_url(redis_server.url, key=bucket_key, rate=10)
     bucket.record_throttle(0)
     bucket.record_throttle(0)

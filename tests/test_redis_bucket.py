@@ -17,11 +17,8 @@ from typing import Any
 
 import pytest
 import redis
-from clock import VirtualClock
-from conftest_redis import bucket_key, own_redis_server, redis_client, redis_server  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis_server import RedisServer
 
 import grpc_throttle
 from grpc_throttle.buckets import Bucket, _gcra
@@ -31,12 +28,14 @@ from grpc_throttle.buckets._redis_config import SCRIPTS
 from grpc_throttle.buckets.local import Reservation
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket, hashed_key
 from grpc_throttle.errors import BucketUnavailableError
+from tests.clock import VirtualClock
+from tests.redis_server import RedisServer
 
 Make = Callable[..., RedisTokenBucket]
 
 
 @pytest.fixture
-def make(redis_server: RedisServer, bucket_key: str) -> Iterator[Make]:  # noqa: F811
+def make(redis_server: RedisServer, bucket_key: str) -> Iterator[Make]:
     made: list[RedisTokenBucket] = []
 
     def factory(server: RedisServer | None = None, **kwargs: Any) -> RedisTokenBucket:
@@ -178,7 +177,7 @@ def test_acquire_sleeps_until_the_re_spaced_slot(make: Make) -> None:
     assert done and done[0] > 0.8
 
 
-def test_holes_of_an_older_rate_are_never_given_back(make: Make, redis_client: Any) -> None:  # noqa: F811
+def test_holes_of_an_older_rate_are_never_given_back(make: Make, redis_client: Any) -> None:
     bucket = make(rate=10)
     first = [reserve(bucket) for _ in range(5)]
     for reservation in first[1:4]:
@@ -295,8 +294,8 @@ print(sum(counts))
 
 
 def test_four_processes_of_four_threads_hold_the_combined_rate(
-    redis_server: RedisServer,  # noqa: F811
-    bucket_key: str,  # noqa: F811
+    redis_server: RedisServer,
+    bucket_key: str,
 ) -> None:
     rate, duration = 30.0, 2.0
     src = str(Path(grpc_throttle.__file__).parent.parent)
@@ -334,7 +333,7 @@ def test_four_processes_of_four_threads_hold_the_combined_rate(
 
 def test_lease_takes_several_slots_per_round_trip_and_holds_the_rate(
     make: Make,
-    redis_client: Any,  # noqa: F811
+    redis_client: Any,
 ) -> None:
     bucket = make(rate=100, lease=8)
     before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
@@ -350,7 +349,7 @@ def test_lease_takes_several_slots_per_round_trip_and_holds_the_rate(
 # -- Redis itself ---------------------------------------------------------
 
 
-def test_keys_carry_a_ttl_and_a_namespace(make: Make, redis_client: Any) -> None:  # noqa: F811
+def test_keys_carry_a_ttl_and_a_namespace(make: Make, redis_client: Any) -> None:
     bucket = make(rate=10, key="ttl-check")
     reserve(bucket)
     assert bucket.key == "grpc-throttle:ttl-check"
@@ -360,7 +359,7 @@ def test_keys_carry_a_ttl_and_a_namespace(make: Make, redis_client: Any) -> None
     assert set(redis_client.hgetall(bucket.key)) == {b"tat", b"iv", b"ep", b"eff", b"exp", b"rs"}
 
 
-def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: Any) -> None:  # noqa: F811
+def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: Any) -> None:
     bucket = make(rate=1000)
     reserve(bucket)
     redis_client.script_flush()
@@ -373,7 +372,7 @@ def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: Any) -> 
 @pytest.mark.parametrize("on_failure", ["local", "fail"])
 def test_a_key_of_the_wrong_type_is_a_clear_error(
     make: Make,
-    redis_client: Any,  # noqa: F811
+    redis_client: Any,
     on_failure: str,
 ) -> None:
     bucket = make(on_failure=on_failure)
@@ -459,7 +458,7 @@ def test_repr_shows_live_state(make: Make) -> None:
 @pytest.mark.parametrize("on_failure", ["local", "allow", "fail"])
 def test_redis_killed_then_restarted(
     make: Make,
-    own_redis_server: RedisServer,  # noqa: F811
+    own_redis_server: RedisServer,
     on_failure: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -496,7 +495,7 @@ def test_redis_killed_then_restarted(
 
 def test_the_fallback_and_redis_hand_over_without_overlapping_slots(
     make: Make,
-    own_redis_server: RedisServer,  # noqa: F811
+    own_redis_server: RedisServer,
 ) -> None:
     bucket = make(own_redis_server, rate=10, local_share=0.5, cooldown=0.2, timeout=0.2)
     last_shared = [reserve(bucket) for _ in range(5)][-1]
@@ -518,7 +517,7 @@ def test_the_fallback_and_redis_hand_over_without_overlapping_slots(
 
 def test_a_frozen_redis_costs_one_timeout_then_the_breaker_skips_it(
     make: Make,
-    own_redis_server: RedisServer,  # noqa: F811
+    own_redis_server: RedisServer,
 ) -> None:
     bucket = make(own_redis_server, rate=1000, timeout=0.5, cooldown=0.3)
     reserve(bucket)
@@ -538,7 +537,7 @@ def test_a_frozen_redis_costs_one_timeout_then_the_breaker_skips_it(
 
 def test_a_down_redis_with_fail_policy_raises_from_every_operation(
     make: Make,
-    own_redis_server: RedisServer,  # noqa: F811
+    own_redis_server: RedisServer,
 ) -> None:
     bucket = make(own_redis_server, on_failure="fail")
     own_redis_server.stop()
@@ -559,7 +558,7 @@ def test_a_down_redis_with_fail_policy_raises_from_every_operation(
     steps=st.lists(st.tuples(st.integers(1, 4), st.sampled_from([-1, 0, 100_000, 2_000_000]))),
 )
 def test_the_reserve_script_does_the_gcra_arithmetic(
-    redis_client: Any,  # noqa: F811
+    redis_client: Any,
     rate: float,
     capacity: int,
     steps: list[tuple[int, int]],

@@ -13,20 +13,19 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio as aioredis
-from conftest_redis import bucket_key, own_redis_server, redis_client, redis_server  # noqa: F401
-from redis_server import RedisServer
 
 from grpc_throttle.buckets import AsyncBucket
 from grpc_throttle.buckets import redis as sync_redis
 from grpc_throttle.buckets.local import Reservation
 from grpc_throttle.buckets.redis_aio import RedisReservation, RedisTokenBucket
 from grpc_throttle.errors import BucketUnavailableError
+from tests.redis_server import RedisServer
 
 Make = Callable[..., RedisTokenBucket]
 
 
 @pytest.fixture
-async def make(redis_server: RedisServer, bucket_key: str) -> AsyncIterator[Make]:  # noqa: F811
+async def make(redis_server: RedisServer, bucket_key: str) -> AsyncIterator[Make]:
     made: list[RedisTokenBucket] = []
 
     def factory(server: RedisServer | None = None, **kwargs: Any) -> RedisTokenBucket:
@@ -165,7 +164,7 @@ async def test_rate_can_change_live(make: Make) -> None:
 
 async def test_effective_rate_is_shared_with_a_sync_bucket_on_the_same_key(
     make: Make,
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
 ) -> None:
     bucket = make(rate=2)
     other = sync_redis.RedisTokenBucket.from_url(redis_server.url, key=bucket.key[len("grpc-throttle:") :], rate=2)
@@ -200,7 +199,7 @@ async def test_skewed_local_clocks_still_share_one_schedule(make: Make, lease: i
 
 async def test_lease_takes_several_slots_per_round_trip_and_holds_the_rate(
     make: Make,
-    redis_client: Any,  # noqa: F811
+    redis_client: Any,
 ) -> None:
     bucket = make(rate=100, lease=8)
     before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
@@ -216,13 +215,13 @@ async def test_lease_takes_several_slots_per_round_trip_and_holds_the_rate(
 # -- Redis itself ---------------------------------------------------------
 
 
-async def test_keys_carry_a_ttl(make: Make, redis_client: Any) -> None:  # noqa: F811
+async def test_keys_carry_a_ttl(make: Make, redis_client: Any) -> None:
     bucket = make(rate=10)
     await reserve(bucket)
     assert 0 < redis_client.pttl(bucket.key) <= 2 * 100 + 120_000 + 1000
 
 
-async def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: Any) -> None:  # noqa: F811
+async def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: Any) -> None:
     bucket = make(rate=1000)
     await reserve(bucket)
     redis_client.script_flush()
@@ -232,7 +231,7 @@ async def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: An
     assert bucket.shared
 
 
-async def test_a_key_of_the_wrong_type_is_a_clear_error(make: Make, redis_client: Any) -> None:  # noqa: F811
+async def test_a_key_of_the_wrong_type_is_a_clear_error(make: Make, redis_client: Any) -> None:
     bucket = make()
     redis_client.sadd(bucket.key, "x")
     with pytest.raises(BucketUnavailableError, match="holds a set, not a grpc-throttle bucket"):
@@ -263,7 +262,7 @@ async def test_bad_inputs_are_clear_errors() -> None:
 @pytest.mark.parametrize("on_failure", ["local", "allow", "fail"])
 async def test_redis_killed_then_restarted(
     make: Make,
-    own_redis_server: RedisServer,  # noqa: F811
+    own_redis_server: RedisServer,
     on_failure: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -298,7 +297,7 @@ async def test_redis_killed_then_restarted(
 
 async def test_a_frozen_redis_costs_one_timeout_then_the_breaker_skips_it(
     make: Make,
-    own_redis_server: RedisServer,  # noqa: F811
+    own_redis_server: RedisServer,
 ) -> None:
     bucket = make(own_redis_server, rate=1000, timeout=0.5, cooldown=0.3)
     await reserve(bucket)

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest_redis import bucket_key, own_redis_server, redis_server  # noqa: F401
-from redis_server import RedisServer
 
 import grpc_throttle
 from grpc_throttle.testing import ClarifaiEmulator, user_key
+from tests.redis_server import RedisServer
 
 #: The quota, per second, of the emulator and of the shared bucket.
 Q = 40.0
@@ -182,8 +181,8 @@ def busiest_second(times: list[float]) -> int:
 
 def test_four_processes_of_four_threads_share_the_quota_through_redis(
     emulator: ClarifaiEmulator,
-    redis_server: RedisServer,  # noqa: F811
-    bucket_key: str,  # noqa: F811
+    redis_server: RedisServer,
+    bucket_key: str,
 ) -> None:
     per_thread = 8
     calls = PROCESSES * THREADS * per_thread  # 128 calls: 3.2 s at Q = 40
@@ -197,8 +196,8 @@ def test_four_processes_of_four_threads_share_the_quota_through_redis(
 
 def test_calls_go_on_while_redis_is_killed_and_restarted_then_the_buckets_share_again(
     emulator: ClarifaiEmulator,
-    own_redis_server: RedisServer,  # noqa: F811
-    bucket_key: str,  # noqa: F811
+    own_redis_server: RedisServer,
+    bucket_key: str,
 ) -> None:
     per_thread = 10
     calls = PROCESSES * THREADS * per_thread  # 160 calls: 4 s at Q = 40, Redis away for 1 s of them

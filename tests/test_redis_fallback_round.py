@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from conftest_redis import bucket_key, own_redis_server  # noqa: F401
-from redis_server import RedisServer
-
 from grpc_throttle import AdaptiveRate
 from grpc_throttle.buckets.redis import RedisTokenBucket
+from tests.redis_server import RedisServer
 
 ADAPT = AdaptiveRate(beta=0.7)
 
 
 def test_throttles_of_one_fallback_round_cut_the_fallback_once(
-    own_redis_server: RedisServer,  # noqa: F811
-    bucket_key: str,  # noqa: F811
+    own_redis_server: RedisServer,
+    bucket_key: str,
 ) -> None:
     bucket = RedisTokenBucket.from_url(
         own_redis_server.url, key=bucket_key, rate=10, on_failure="local", adaptive=ADAPT, timeout=0.2, cooldown=60
@@ -32,8 +30,8 @@ def test_throttles_of_one_fallback_round_cut_the_fallback_once(
 
 
 def test_throttles_of_one_redis_round_heard_while_redis_is_down_cut_once(
-    own_redis_server: RedisServer,  # noqa: F811
-    bucket_key: str,  # noqa: F811
+    own_redis_server: RedisServer,
+    bucket_key: str,
 ) -> None:
     bucket = RedisTokenBucket.from_url(
         own_redis_server.url, key=bucket_key, rate=10, on_failure="local", adaptive=ADAPT, timeout=0.2, cooldown=60

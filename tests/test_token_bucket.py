@@ -9,12 +9,12 @@ import time
 from typing import Any
 
 import pytest
-from clock import VirtualClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpc_throttle import TokenBucket
 from grpc_throttle.buckets import _gcra
+from tests.clock import VirtualClock
 
 
 def make(rate: float = 10, capacity: float | None = None) -> tuple[TokenBucket, VirtualClock]:

@@ -1,0 +1,1 @@
+"""grpc-throttle's test suite: a package, so helpers import as ``tests.<module>``."""
