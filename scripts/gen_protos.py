@@ -1,4 +1,8 @@
-"""Regenerate the Python code for the .proto sources under protos/.
+"""Regenerate the Python code for the .proto sources.
+
+Two sets: our own under protos/ (generated into src/), and gRPC's interop test
+protos copied under tests/interop/grpc_testing/ (generated next to them, with
+the repository root as the import root, so they import as ``tests.interop...``).
 
 Usage:
     python scripts/gen_protos.py          # write the generated files
@@ -15,31 +19,38 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ROOT / "protos"
-OUT = ROOT / "src"
+#: (import root, folder holding the sources, where the output goes), all under ROOT.
+SETS = (
+    (Path("protos"), Path("protos"), Path("src")),
+    (Path("."), Path("tests/interop/grpc_testing"), Path(".")),
+)
 
 
-def generate(out_dir: Path) -> list[Path]:
+def generate(out_root: Path) -> list[Path]:
+    """Write every set's generated files under ``out_root``; their paths relative to it."""
     from grpc_tools import protoc  # imported here: only this script needs it
 
-    sources = sorted(PROTOS.rglob("*.proto"))
-    if not sources:
-        raise SystemExit(f"gen_protos: no .proto files under {PROTOS}")
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTOS}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        *(str(s) for s in sources),
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("gen_protos: protoc failed")
     generated: list[Path] = []
-    for src in sources:
-        stem = src.relative_to(PROTOS).with_suffix("")
-        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
-            generated.append(stem.parent / (stem.name + suffix))
+    for include, folder, out in SETS:
+        sources = sorted((ROOT / folder).rglob("*.proto"))
+        if not sources:
+            raise SystemExit(f"gen_protos: no .proto files under {ROOT / folder}")
+        out_dir = out_root / out
+        out_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            "grpc_tools.protoc",
+            f"-I{ROOT / include}",
+            f"--python_out={out_dir}",
+            f"--pyi_out={out_dir}",
+            f"--grpc_python_out={out_dir}",
+            *(str(s) for s in sources),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit("gen_protos: protoc failed")
+        for src in sources:
+            stem = src.relative_to(ROOT / include).with_suffix("")
+            for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+                generated.append(out / stem.parent / (stem.name + suffix))
     return generated
 
 
@@ -48,12 +59,12 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="fail on a diff instead of writing")
     args = parser.parse_args()
     if not args.check:
-        files = generate(OUT)
+        files = generate(ROOT)
         print(f"gen_protos: wrote {len(files)} files")
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         files = generate(Path(tmp))
-        stale = [f for f in files if (Path(tmp) / f).read_bytes() != _read(OUT / f)]
+        stale = [f for f in files if (Path(tmp) / f).read_bytes() != _read(ROOT / f)]
     if stale:
         for f in stale:
             print(f"gen_protos: {f} differs from protos/ (run scripts/gen_protos.py)", file=sys.stderr)

@@ -13,6 +13,7 @@ import pytest
 import grpc_throttle.aio
 from grpc_throttle import RetryPolicy, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
+from tests.drivers import AIO_DRIVERS
 from tests.scripted import ECHO_POLICY, AioEchoServer
 
 FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
@@ -28,15 +29,15 @@ async def server() -> AsyncIterator[AioEchoServer]:
         yield srv
 
 
-@pytest.fixture
-async def make_stub(server: AioEchoServer) -> AsyncIterator[Any]:
+@pytest.fixture(params=list(AIO_DRIVERS))
+async def make_stub(server: AioEchoServer, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     channels: list[grpc.aio.Channel] = []
 
     def make(bucket: TokenBucket | None = None, **kwargs: Any) -> tuple[Any, grpc_throttle.aio.ThrottlingInterceptor]:
         kwargs.setdefault("retry", FAST_RETRY)
         kwargs.setdefault("throttle", ECHO_POLICY)
         interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket or TokenBucket(rate=1000), **kwargs)
-        channel = grpc.aio.insecure_channel(server.target, interceptors=interceptor.for_channel())
+        channel = AIO_DRIVERS[request.param](server.target, interceptor)
         channels.append(channel)
         return echo_pb2_grpc.EchoStub(channel), interceptor
 

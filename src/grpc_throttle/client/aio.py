@@ -24,6 +24,7 @@ import grpc.aio
 
 from ..buckets import AsyncBucket, TokenBucket
 from ..interceptors.aio import ThrottlingInterceptor
+from ..interceptors.aio_channel import ThrottledChannel
 from ..policy import ThrottlePolicy
 from ..retry import RetryPolicy
 from ._common import (
@@ -141,10 +142,11 @@ def _build(
     # The metadata goes in the same rewrite of each attempt's details that
     # sets its timeout, so every retry carries it.
     throttling = ThrottlingInterceptor(bucket, retry=retry, throttle=throttle, metadata=metadata)
-    interceptors: list[Any] = throttling.for_channel()
     if credentials is None:
-        channel = grpc.aio.insecure_channel(target, options, interceptors=interceptors)
+        inner = grpc.aio.insecure_channel(target, options)
     else:
-        channel = grpc.aio.secure_channel(target, credentials, options, interceptors=interceptors)
+        inner = grpc.aio.secure_channel(target, credentials, options)
+    # The fast path: every call kind paced, no grpc.aio interceptor machinery.
+    channel = ThrottledChannel(inner, throttling)
     _registry.add(channel, throttling)
     return channel

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random as _random
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -27,6 +27,9 @@ from ._stats import Stats
 from .sync import _NUMBERS, Cost, _keep_hook_while_alive, _name, make_settings
 
 __all__ = ["ThrottlingInterceptor"]
+
+#: How the driver sleeps: ``asyncio.sleep`` or one that a cancel can cut short.
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class ThrottlingInterceptor(_bases.AioUnaryUnary):
@@ -114,7 +117,7 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
             return await self._bucket.due_in(reservation)  # type: ignore[no-any-return,misc]
         return self._bucket.due_in(reservation)  # type: ignore[return-value]
 
-    async def _take_token(self, plan: CallPlan) -> Send | Refuse | GiveUp:
+    async def _take_token(self, plan: CallPlan, sleep: Sleep = asyncio.sleep) -> Send | Refuse | GiveUp:
         """Wait for a token as the plan says; what to do next (never Wait)."""
         max_wait = plan.reserve_wait()
         if max_wait is None:
@@ -123,6 +126,12 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         action = plan.reserved(reservation)
         if reservation is None:
             return action  # type: ignore[return-value]
+        return await self._wait_for_slot(plan, reservation, action, sleep)
+
+    async def _wait_for_slot(
+        self, plan: CallPlan, reservation: BucketReservation, action: Any, sleep: Sleep = asyncio.sleep
+    ) -> Send | Refuse | GiveUp:
+        """Sleep through the plan's Waits for ``reservation``; what to do next (never Wait)."""
         try:
             while isinstance(action, Wait):
                 delay = action.delay
@@ -131,7 +140,7 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
                     # Sleep to the slot's absolute time: a pause between
                     # reserve() and here must not push this waiter behind later ones.
                     delay = ready_at - self._bucket.clock()
-                await asyncio.sleep(delay)
+                await sleep(delay)
                 action = plan.woken(await self._due_in(reservation))
         except asyncio.CancelledError:
             reservation.cancel()
@@ -139,15 +148,32 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
             raise
         if not isinstance(action, Send):
             reservation.cancel()
-        return action
+        return action  # type: ignore[no-any-return]
+
+    def _first_step(self, plan: CallPlan) -> tuple[Any, BucketReservation | None] | None:
+        """The plan's first step without awaiting, on a local bucket: (action, reservation).
+
+        None when the bucket is asynchronous (its reserve() must be awaited).
+        """
+        bucket = self._bucket
+        if not isinstance(bucket, TokenBucket):
+            return None
+        max_wait = plan.reserve_wait()
+        if max_wait is None:
+            return plan.expired(), None
+        reservation = bucket.reserve(plan.tokens, max_wait=max_wait)
+        return plan.reserved(reservation), reservation
+
+    def _merged(self, metadata: Any) -> Any:
+        """The call's metadata plus this interceptor's ``metadata=`` (the call's own keys win)."""
+        if not self._metadata:
+            return metadata
+        present = {key for key, _ in metadata or ()}
+        return grpc.aio.Metadata(*(metadata or ()), *(p for p in self._metadata if p[0] not in present))
 
     def _details(self, details: grpc.aio.ClientCallDetails, timeout: float | None) -> grpc.aio.ClientCallDetails:
-        metadata = details.metadata
-        if self._metadata:
-            present = {key for key, _ in metadata or ()}
-            metadata = grpc.aio.Metadata(*(metadata or ()), *(p for p in self._metadata if p[0] not in present))
         return grpc.aio.ClientCallDetails(
-            details.method, timeout, metadata, details.credentials, details.wait_for_ready
+            details.method, timeout, self._merged(details.metadata), details.credentials, details.wait_for_ready
         )
 
     # -- unary-unary: paced, inspected, retried -----------------------------
@@ -161,14 +187,50 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         settings = self._settings
         method = _name(client_call_details.method)
         plan = CallPlan(settings, method, client_call_details.timeout, settings.tokens_for(method, request))
+
+        async def attempt(timeout: float | None) -> Any:
+            return await continuation(self._details(client_call_details, timeout), request)
+
+        return await self._unary(plan, attempt)
+
+    async def _unary(
+        self,
+        plan: CallPlan,
+        attempt: Callable[[float | None], Any],
+        first: tuple[Any, BucketReservation | None] | None = None,
+        sent: Any = None,
+        on_attempt: Callable[[Any], None] | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> Any:
+        """Drive ``plan`` to its end; the call whose answer the caller gets.
+
+        ``attempt(timeout)`` (a coroutine) starts one attempt and returns its
+        ``grpc.aio`` call. ``first`` is the plan's first step when it was taken
+        already (:meth:`_first_step`), and ``sent`` the call it started, if
+        it was Send. ``on_attempt`` hears of every call started here, and
+        ``sleep`` does every wait and back-off (the aio ThrottledChannel's can
+        be cut short by ``cancel()``).
+        Raises ``AioRpcError`` when the plan refuses to send.
+        """
+        settings = self._settings
         throttled_call = None
+        call = sent
         while True:
-            action: Any = await self._take_token(plan)
-            if isinstance(action, Refuse):
-                raise _aio_error(action.error)
-            if isinstance(action, GiveUp):
-                return throttled_call
-            call = await continuation(self._details(client_call_details, action.timeout), request)
+            if call is None:
+                if first is not None:
+                    action, reservation = first
+                    first = None
+                    if reservation is not None:
+                        action = await self._wait_for_slot(plan, reservation, action, sleep)
+                else:
+                    action = await self._take_token(plan, sleep)
+                if isinstance(action, Refuse):
+                    raise _aio_error(action.error)
+                if isinstance(action, GiveUp):
+                    return throttled_call
+                call = await attempt(action.timeout)
+                if on_attempt is not None:
+                    on_attempt(call)
             try:
                 response = await call
             except grpc.aio.AioRpcError as error:
@@ -184,10 +246,10 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
                 action = plan.answered(throttled, await call.trailing_metadata() if throttled else None)
             if isinstance(action, (Finish, GiveUp)):
                 return call
-            throttled_call = call
+            throttled_call, call = call, None
             assert isinstance(action, Backoff)
             try:
-                await asyncio.sleep(action.delay)
+                await sleep(action.delay)
             except asyncio.CancelledError:
                 plan.cancelled()
                 raise
