@@ -144,7 +144,7 @@ class ServerProcess:
 
 def serve_echo(conn: Connection) -> None:
     """Child process: the sync ``EchoServer`` from ``tests/scripted.py``."""
-    from scripted import EchoServer
+    from tests.scripted import EchoServer
 
     with EchoServer() as server:
         conn.send(server.target)
@@ -153,7 +153,7 @@ def serve_echo(conn: Connection) -> None:
 
 def serve_aio_echo(conn: Connection) -> None:
     """Child process: the ``grpc.aio`` ``AioEchoServer`` from ``tests/scripted.py``."""
-    from scripted import AioEchoServer
+    from tests.scripted import AioEchoServer
 
     async def main() -> None:
         async with AioEchoServer() as server:

@@ -10,13 +10,15 @@ server threads do not share the client's GIL (``--server inprocess`` or
 Sync variants share one underlying channel: bare; ``grpc.intercept_channel``
 with a pass-through interceptor (grpc's own plumbing); ``intercept_channel``
 with ours; ``ThrottledChannel`` with ours. Aio variants (one channel each):
-bare; ``interceptors=[pass-through]``; ``interceptors=[ours]``. Each load shape
+bare; ``interceptors=[pass-through]``; ``interceptors=[ours]``;
+``grpc_throttle.aio.ThrottledChannel`` with ours (the aio fast path). Each load shape
 (sequential from one thread or task; concurrent from 8 threads or 64 tasks) runs
 many short rounds, every round timing every variant in a rotated order. The
 table gives the median microseconds per call (wall time / calls) and the
 overhead: the median over rounds of (variant / bare in the same round) - 1;
 then the same for the client process's CPU time per call, which other load on
-the machine disturbs less. Last, the client-side cost alone: µs added per call
+the machine disturbs less, and the CPU µs each variant adds per call (median
+over rounds of variant - bare in the same round). Last, the client-side cost alone: µs added per call
 over a fake channel that answers at once (echo answers, and Clarifai answers
 under the default throttle policy).
 
@@ -45,7 +47,7 @@ from tests.scripted import ECHO_POLICY  # the echo service's "slow down" is outc
 
 REQUEST = echo_pb2.EchoRequest(text="1:ok")
 SYNC = ("bare channel", "intercept_channel(pass-through)", "intercept_channel(ours)", "ThrottledChannel(ours)")
-AIO = ("bare aio channel", "interceptors=[pass-through]", "interceptors=[ours]")
+AIO = ("bare aio channel", "interceptors=[pass-through]", "interceptors=[ours]", "aio.ThrottledChannel(ours)")
 
 
 class PassThrough(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -137,10 +139,12 @@ def bench_sync(target: str, rounds: int, calls: int, threads: int) -> dict[str, 
 async def bench_aio(target: str, rounds: int, calls: int, tasks: int) -> dict[str, Any]:
     bucket = grpc_throttle.TokenBucket(rate=1e9, capacity=1e9)
     ours = grpc_throttle.aio.ThrottlingInterceptor(bucket, throttle=ECHO_POLICY)
+    ours_fast = grpc_throttle.aio.ThrottlingInterceptor(bucket, throttle=ECHO_POLICY)
     channels = [
         grpc.aio.insecure_channel(target),
         grpc.aio.insecure_channel(target, interceptors=[AioPassThrough()]),
         grpc.aio.insecure_channel(target, interceptors=[ours]),
+        grpc_throttle.aio.ThrottledChannel(grpc.aio.insecure_channel(target), ours_fast),
     ]
     unary = {name: echo_pb2_grpc.EchoStub(ch).Unary for name, ch in zip(AIO, channels, strict=True)}
 
@@ -172,6 +176,7 @@ async def bench_aio(target: str, rounds: int, calls: int, tasks: int) -> dict[st
     for channel in channels:
         await channel.close()
     _check_stats(ours.stats(), "interceptors=[ours]")
+    _check_stats(ours_fast.stats(), "aio.ThrottledChannel(ours)")
     return result
 
 
@@ -225,13 +230,24 @@ def summarise(samples: dict[str, dict[str, list[Sample]]]) -> list[dict[str, Any
                 row[f"{kind}_us"] = h.median([v[i] for v in values])
                 row[f"{kind}_overhead"] = h.median(ratios) - 1
                 row[f"{kind}_ratio_p25_p75"] = (h.percentile(ratios, 25), h.percentile(ratios, 75))
+            row["cpu_added_us"] = h.median([v[1] - b[1] for v, b in zip(values, bare, strict=True)])
             rows.append(row)
     return rows
 
 
 def print_rows(title: str, rows: list[dict[str, Any]], cpu: str) -> None:
     print(f"\n## {title}\n")
-    headers = ["load", "variant", "µs/call", "calls/s", "overhead", "ratio p25-p75", cpu, "CPU overhead"]
+    headers = [
+        "load",
+        "variant",
+        "µs/call",
+        "calls/s",
+        "overhead",
+        "ratio p25-p75",
+        cpu,
+        "CPU overhead",
+        "CPU µs added",
+    ]
     cells = []
     for r in rows:
         bare = r["variant"].startswith("bare")
@@ -246,13 +262,14 @@ def print_rows(title: str, rows: list[dict[str, Any]], cpu: str) -> None:
                 "—" if bare else f"{p25:.3f}-{p75:.3f}",
                 f"{r['cpu_us']:.1f}",
                 "—" if bare else f"{r['cpu_overhead'] * 100:+.1f}%",
+                "—" if bare else f"{r['cpu_added_us']:+.1f}",
             ]
         )
     print(h.table(headers, cells), flush=True)
 
 
 def run_mode(mode: str, rounds: int, calls: int, threads: int, tasks: int) -> dict[str, Any]:
-    from scripted import AioEchoServer, EchoServer
+    from tests.scripted import AioEchoServer, EchoServer
 
     samples: dict[str, Any] = {}
     if mode == "process":

@@ -152,3 +152,23 @@ async def test_client_aio_builders_take_the_fast_path(server: AioEchoServer) -> 
         stub = echo_pb2_grpc.EchoStub(channel)
         assert (await stub.Unary(request("a:ok"))).text
         assert grpc_throttle.client.aio.interceptor_of(channel).stats().calls == 1
+
+
+async def test_paces_on_the_asyncio_redis_bucket(server: AioEchoServer, redis_server: Any, bucket_key: str) -> None:
+    bucket = grpc_throttle.aio.RedisTokenBucket.from_url(redis_server.url, key=bucket_key, rate=20, capacity=1)
+    try:
+        interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket, retry=FAST_RETRY, throttle=ECHO_POLICY)
+        inner = grpc.aio.insecure_channel(server.target)
+        async with grpc_throttle.aio.ThrottledChannel(inner, interceptor) as channel:
+            stub = echo_pb2_grpc.EchoStub(channel)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            answers = await asyncio.gather(*(stub.Unary(request(f"c{i}:ok")) for i in range(6)))
+            streamed = [r async for r in stub.ServerStream(request("s:ok"))]
+            elapsed = loop.time() - started
+        assert len(answers) == 6 and streamed
+        assert elapsed >= 0.2  # 7 calls at 20/s with a burst of 1: at least 0.3 s, generous bound
+        stats = interceptor.stats()
+        assert stats.calls == 7 and stats.token_wait_seconds > 0
+    finally:
+        await bucket.aclose()

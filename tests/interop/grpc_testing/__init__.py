@@ -1,0 +1,1 @@
+"""gRPC's interop protos (grpc.testing) and the code scripts/gen_protos.py generates from them."""
