@@ -16,6 +16,9 @@ import pytest
 from tests.redis_server import RedisServer, require_redis
 from tests.scripted import EchoServer
 
+#: gRPC's interop code is run by test_interop.py; its generated test_pb2*.py are not test modules.
+collect_ignore = ["interop"]
+
 
 @pytest.fixture
 def echo_server() -> Iterator[EchoServer]:

@@ -16,7 +16,7 @@ import pytest
 
 import grpc_throttle.aio
 import grpc_throttle.client.aio
-from grpc_throttle import RetryPolicy, TokenBucket
+from grpc_throttle import RetryPolicy, ThrottlePolicy, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
 from tests.scripted import ECHO_POLICY, AioEchoServer
 
@@ -172,3 +172,19 @@ async def test_paces_on_the_asyncio_redis_bucket(server: AioEchoServer, redis_se
         assert stats.calls == 7 and stats.token_wait_seconds > 0
     finally:
         await bucket.aclose()
+
+
+async def test_a_waiting_call_awaited_at_once_has_one_driver(server: AioEchoServer) -> None:
+    """The wait runs in a task of ours; the caller awaiting before it starts must not start a second plan."""
+    bucket = TokenBucket(rate=200, capacity=1)
+    throttle = ThrottlePolicy(grpc_codes={grpc.StatusCode.UNAVAILABLE})
+    interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket, retry=FAST_RETRY, throttle=throttle, budget=False)
+    async with grpc_throttle.aio.ThrottledChannel(grpc.aio.insecure_channel(server.target), interceptor) as channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+        for i in range(5):
+            bucket.try_acquire()  # empty: the call's first step is a wait
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.Unary(request(f"c{i}:abort=UNAVAILABLE"))
+        attempts = [server.script.attempts_of(f"c{i}") for i in range(5)]
+    assert attempts == [FAST_RETRY.max_attempts] * 5  # before: 6 at times, a second driver's attempt
+    assert interceptor.stats().attempts == 5 * FAST_RETRY.max_attempts

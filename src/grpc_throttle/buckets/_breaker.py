@@ -11,8 +11,9 @@ that fails opens it for another ``cooldown``. Each change between "shared" and
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+
+from .. import _fork
 
 __all__ = ["Breaker"]
 
@@ -52,7 +53,7 @@ class Breaker:
         #: The failure policy in force while open, for the log line.
         self._fallback = fallback
         #: Guards the fields below; held for a few comparisons only.
-        self._lock = threading.Lock()
+        self._lock = _fork.register(self)
         #: When the breaker may next let a probe through; None while closed.
         self._open_until: float | None = None
         #: True while one probe is in flight (others keep away meanwhile).

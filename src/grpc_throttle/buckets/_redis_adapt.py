@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from ..events import EventHook, RateChanged, emit
 from . import _cubic
+from ._base import Listeners
 from ._breaker import Breaker
 from ._cubic import AdaptiveRate, CubicState
 from ._redis_config import SCRIPTS as _BASE_SCRIPTS
@@ -77,7 +78,7 @@ class SharedCurve:
         #: configured rate (successes then cost nothing).
         self.curve: CubicState | None = None
         #: Called with a RateChanged whenever :attr:`rate` changes.
-        self.listeners: list[EventHook] = []
+        self.listeners = Listeners()
         #: The bucket's lock.
         self._lock = lock
         #: Redis time (microseconds) of the newest reply taken in.
@@ -131,7 +132,7 @@ class SharedCurve:
             return
         if reason is None:
             reason = "throttle" if new < old else "recovery"
-        emit(self.listeners, RateChanged(old, new, reason))  # type: ignore[arg-type]
+        emit(self.listeners.hooks(), RateChanged(old, new, reason))  # type: ignore[arg-type]
 
     # -- deciding what is worth a round trip -------------------------------
 
@@ -240,15 +241,16 @@ class SharedAdaptation:
         return self._view.round if self._breaker.closed else self._local.round
 
     def add_listener(self, hook: EventHook) -> None:
-        """Call ``hook(RateChanged(...))`` whenever this process sees the key's effective rate change."""
-        if not callable(hook):
-            raise ValueError(f"hook must be callable, got {hook!r}")
-        self._view.listeners.append(hook)
+        """Call ``hook(RateChanged(...))`` whenever this process sees the key's effective rate change.
+
+        A hook added twice (two interceptors of this bucket sharing one
+        ``on_event``) is still called once per change.
+        """
+        self._view.listeners.add(hook)
 
     def remove_listener(self, hook: EventHook) -> None:
-        """Stop calling ``hook``; does nothing if it was not added."""
-        if hook in self._view.listeners:
-            self._view.listeners.remove(hook)
+        """Undo one :meth:`add_listener` of ``hook``; does nothing if it was not added."""
+        self._view.listeners.remove(hook)
 
     #: The newest Redis round already applied to the fallback while Redis was down.
     _redis_round_cut_locally: int = -1

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .. import _checks
+from .. import _checks, _fork
 from ..errors import BucketUnavailableError
 from ._base import BucketReservation
 from ._breaker import Breaker
@@ -135,6 +135,7 @@ class RedisBucketBase(SharedAdaptation):
         self._view = SharedCurve(adaptive, self._rate, self._lock)
         #: Guards _redis_round_cut_locally (the fallback's own state has its lock).
         self._view_lock = threading.Lock()
+        _fork.register_renewal(self, RedisBucketBase._renew_locks)
         #: An effective rate still to be written to Redis (sent with the next call).
         self._pending_eff: float | None = None
         #: The fallback bucket for on_failure="local": local_share of the rate and of the burst
@@ -160,6 +161,12 @@ class RedisBucketBase(SharedAdaptation):
         self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
         #: Cuts of the shared rate seen in replies (or made here) so far.
         self._cuts_seen = 0
+
+    def _renew_locks(self) -> None:
+        """In a forked child: fresh locks (the curve shares the bucket's)."""
+        self._lock = threading.Lock()
+        self._view._lock = self._lock
+        self._view_lock = threading.Lock()
 
     @property
     def rate(self) -> float:

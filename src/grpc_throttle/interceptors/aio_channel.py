@@ -431,15 +431,21 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
         self._task: asyncio.Task[None] | None = None
         channel._pending.add(self)
         if sent is None:
-            self._task = self._spawn(self._drive())
+            self._drive_in_a_task()
         else:
             sent.add_done_callback(self._first_done)
+
+    def _drive_in_a_task(self) -> None:
+        # Taken now, not when the task first runs: a caller awaiting in
+        # between must wait for this driver, not start a second one.
+        self._driving = True
+        self._task = self._spawn(self._run_plan())
 
     def _first_done(self, _call: Any) -> None:
         # Nobody awaited the first attempt before it ended: run the plan
         # anyway, so that a throttled answer is retried and done() comes true.
         if not self._driving and not self._ended.is_set():
-            self._task = self._spawn(self._drive())
+            self._drive_in_a_task()
 
     async def _attempt(self, timeout: float | None) -> Any:
         return self._start(timeout)
@@ -459,9 +465,8 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
             handle.cancel()
             self._sleeper = None
 
-    async def _drive(self) -> None:
-        """Run the plan to its end, once; records how the call ended."""
-        self._driving = True
+    async def _run_plan(self) -> None:
+        """Run the plan to its end (by the one driver there is); records how the call ended."""
         sent, self._current = self._current, None
         first, self._first = self._first, None
         try:
@@ -489,7 +494,8 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
         if self._driving:
             await self._ended.wait()
             return
-        await self._drive()
+        self._driving = True  # inline, in the caller's task
+        await self._run_plan()
 
     def cancel(self) -> bool:
         if self._ended.is_set():
