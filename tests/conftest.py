@@ -8,13 +8,14 @@ installs Redis, so a missing one there is a broken setup, not a reason to skip.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
+from tests.drivers import SYNC_DRIVERS
 from tests.redis_server import RedisServer, require_redis
-from tests.scripted import EchoServer
+from tests.scripted import AioEchoServer, EchoServer
 
 #: gRPC's interop code is run by test_interop.py; its generated test_pb2*.py are not test modules.
 collect_ignore = ["interop"]
@@ -24,6 +25,18 @@ collect_ignore = ["interop"]
 def echo_server() -> Iterator[EchoServer]:
     with EchoServer() as server:
         yield server
+
+
+@pytest.fixture
+async def aio_echo_server() -> AsyncIterator[AioEchoServer]:
+    async with AioEchoServer() as server:
+        yield server
+
+
+@pytest.fixture(params=list(SYNC_DRIVERS))
+def channel_kind(request: pytest.FixtureRequest) -> str:
+    """Every behaviour holds both through grpc's plumbing and our faster channel."""
+    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")

@@ -30,13 +30,21 @@ from typing import Any
 
 import grpc
 
-from grpc_throttle import ThrottlePolicy
+from grpc_throttle import RetryPolicy, ThrottlePolicy
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
 
 SLOW_DOWN = 429
 
 #: The classification the echo service needs: its status lives elsewhere.
 ECHO_POLICY = ThrottlePolicy(response_predicate=lambda r: r.outcome.state == SLOW_DOWN)
+
+#: Retries quick enough for tests: 5 attempts, 10-20 ms apart.
+FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
+
+
+def request(text: str) -> echo_pb2.EchoRequest:
+    """An echo request; ``text`` is ``"<call id>:<command>"`` (see above)."""
+    return echo_pb2.EchoRequest(text=text)
 
 
 class Script:

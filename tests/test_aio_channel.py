@@ -7,7 +7,6 @@ parametrised over tests.drivers.AIO_DRIVERS and by tests/test_interop.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -17,20 +16,13 @@ import pytest
 import grpc_throttle.aio
 import grpc_throttle.client.aio
 from grpc_throttle import RetryPolicy, ThrottlePolicy, TokenBucket
-from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
-from tests.scripted import ECHO_POLICY, AioEchoServer
-
-FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
-
-
-def request(text: str) -> echo_pb2.EchoRequest:
-    return echo_pb2.EchoRequest(text=text)
+from grpc_throttle.testing import echo_pb2_grpc
+from tests.scripted import ECHO_POLICY, FAST_RETRY, AioEchoServer, request
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[AioEchoServer]:
-    async with AioEchoServer() as srv:
-        yield srv
+def server(aio_echo_server: AioEchoServer) -> AioEchoServer:
+    return aio_echo_server
 
 
 def wrap(server: AioEchoServer, bucket: TokenBucket) -> tuple[Any, grpc_throttle.aio.ThrottledChannel]:

@@ -16,25 +16,9 @@ import grpc
 import pytest
 
 from grpc_throttle import RateChanged, RetryPolicy, ThrottledChannel, ThrottlingInterceptor, TokenBucket, client
-from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
-from tests.scripted import ECHO_POLICY, EchoServer
-
-FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
-
-
-def request(text: str) -> echo_pb2.EchoRequest:
-    return echo_pb2.EchoRequest(text=text)
-
-
-def wrap(kind: str, channel: grpc.Channel, interceptor: ThrottlingInterceptor) -> grpc.Channel:
-    if kind == "intercept_channel":
-        return grpc.intercept_channel(channel, interceptor)
-    return ThrottledChannel(channel, interceptor)
-
-
-@pytest.fixture(params=["intercept_channel", "ThrottledChannel"])
-def channel_kind(request: pytest.FixtureRequest) -> str:
-    return request.param  # type: ignore[no-any-return]
+from grpc_throttle.testing import echo_pb2_grpc
+from tests.drivers import wrap
+from tests.scripted import ECHO_POLICY, FAST_RETRY, EchoServer, request
 
 
 @pytest.fixture

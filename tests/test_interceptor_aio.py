@@ -16,19 +16,12 @@ import grpc_throttle.aio
 from grpc_throttle import RetryPolicy, ThrottlePolicy, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
 from tests.drivers import AIO_DRIVERS
-from tests.scripted import ECHO_POLICY, SLOW_DOWN, AioEchoServer, EchoServer
-
-FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
-
-
-def request(text: str) -> echo_pb2.EchoRequest:
-    return echo_pb2.EchoRequest(text=text)
+from tests.scripted import ECHO_POLICY, FAST_RETRY, SLOW_DOWN, AioEchoServer, EchoServer, request
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[AioEchoServer]:
-    async with AioEchoServer() as srv:
-        yield srv
+def server(aio_echo_server: AioEchoServer) -> AioEchoServer:
+    return aio_echo_server
 
 
 @pytest.fixture(params=list(AIO_DRIVERS))

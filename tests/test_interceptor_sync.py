@@ -12,27 +12,10 @@ from typing import Any
 import grpc
 import pytest
 
-from grpc_throttle import RetryPolicy, ThrottledChannel, ThrottlePolicy, ThrottlingInterceptor, TokenBucket
+from grpc_throttle import RetryPolicy, ThrottlePolicy, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
-from tests.scripted import ECHO_POLICY, SLOW_DOWN, EchoServer
-
-FAST_RETRY = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
-
-
-def request(text: str) -> echo_pb2.EchoRequest:
-    return echo_pb2.EchoRequest(text=text)
-
-
-def wrap(kind: str, channel: grpc.Channel, interceptor: ThrottlingInterceptor) -> grpc.Channel:
-    if kind == "intercept_channel":
-        return grpc.intercept_channel(channel, interceptor)
-    return ThrottledChannel(channel, interceptor)
-
-
-@pytest.fixture(params=["intercept_channel", "ThrottledChannel"])
-def channel_kind(request: pytest.FixtureRequest) -> str:
-    """Every behaviour holds both through grpc's plumbing and our faster channel."""
-    return request.param  # type: ignore[no-any-return]
+from tests.drivers import wrap
+from tests.scripted import ECHO_POLICY, FAST_RETRY, SLOW_DOWN, EchoServer, request
 
 
 @pytest.fixture
@@ -267,7 +250,7 @@ def test_the_callers_timeout_covers_all_attempts(make_stub: Any, echo_server: Ec
     lefts = [echo_server.script.time_left[("a", n)] for n in range(1, attempts + 1)]
     assert all(left is not None for left in lefts)
     assert lefts == sorted(lefts, reverse=True)  # each attempt got what remained
-    assert lefts[0] <= 1.0 and lefts[-1] < 0.6  # type: ignore[operator]
+    assert lefts[0] <= 1.05 and lefts[-1] < 0.6  # type: ignore[operator]  # 1.05: clock slack between the two ends
 
 
 # -- what goes on the wire ------------------------------------------------------------

@@ -153,6 +153,30 @@ class _MultiCallable:
         self._inner = inner
         self._method = _name(method)
 
+    def _starter(
+        self,
+        request: Any,
+        metadata: Any,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+    ) -> Callable[[float | None], Any]:
+        """``start(timeout)``: one attempt on the wrapped channel, with the interceptor's metadata added."""
+        inner = self._inner
+        merged = self._channel._interceptor._merged(metadata)
+
+        def start(timeout: float | None) -> Any:
+            return inner(
+                request,
+                timeout=timeout,
+                metadata=merged,
+                credentials=credentials,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
+            )
+
+        return start
+
     def _plan(self, timeout: float | None, request: Any) -> CallPlan:
         settings = self._channel._interceptor._settings
         return CallPlan(settings, self._method, timeout, settings.tokens_for(self._method, request))
@@ -186,19 +210,7 @@ class _UnaryUnary(_MultiCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ig
         if channel._closed:
             return _FailedCall(_closed_error())
         interceptor = channel._interceptor
-        merged = interceptor._merged(metadata)
-        inner = self._inner
-
-        def start(attempt_timeout: float | None) -> Any:
-            return inner(
-                request,
-                timeout=attempt_timeout,
-                metadata=merged,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-
+        start = self._starter(request, metadata, credentials, wait_for_ready, compression)
         plan = self._plan(timeout, request)
         first = interceptor._first_step(plan)
         if first is not None:
@@ -220,19 +232,7 @@ class _UnaryStream(_MultiCallable, grpc.aio.UnaryStreamMultiCallable):  # type: 
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        merged = self._channel._interceptor._merged(metadata)
-        inner = self._inner
-
-        def start(attempt_timeout: float | None) -> Any:
-            return inner(
-                request,
-                timeout=attempt_timeout,
-                metadata=merged,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-
+        start = self._starter(request, metadata, credentials, wait_for_ready, compression)
         return self._stream(self._plan(timeout, request), start, timeout)
 
 
@@ -246,19 +246,7 @@ class _RequestStreaming(_MultiCallable):
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
     ) -> Any:
-        merged = self._channel._interceptor._merged(metadata)
-        inner = self._inner
-
-        def start(attempt_timeout: float | None) -> Any:
-            return inner(
-                request_iterator,
-                timeout=attempt_timeout,
-                metadata=merged,
-                credentials=credentials,
-                wait_for_ready=wait_for_ready,
-                compression=compression,
-            )
-
+        start = self._starter(request_iterator, metadata, credentials, wait_for_ready, compression)
         return self._stream(self._plan(timeout, None), start, timeout)
 
 
