@@ -277,3 +277,62 @@ def instant_channel(response: Any) -> Any:
             return None
 
     return InstantChannel()
+
+
+def instant_aio_channel(response: Any) -> Any:
+    """A ``grpc.aio.Channel`` whose unary calls are done at once with ``response``, with no I/O."""
+    import grpc
+    import grpc.aio
+
+    class InstantCall:
+        def __init__(self) -> None:
+            self._callbacks: list[Any] = []
+
+        def __await__(self) -> Any:
+            return response
+            yield  # a generator: awaiting it returns at once
+
+        async def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.OK
+
+        async def trailing_metadata(self) -> Any:
+            return grpc.aio.Metadata()
+
+        def add_done_callback(self, callback: Any) -> None:
+            self._callbacks.append(callback)
+
+        def cancel(self) -> bool:
+            return False
+
+        def done(self) -> bool:
+            return True
+
+    class InstantMultiCallable:
+        def __call__(self, request: Any, **kwargs: Any) -> Any:
+            return InstantCall()
+
+    class InstantAioChannel(grpc.aio.Channel):  # type: ignore[misc]
+        def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+            return InstantMultiCallable()
+
+        unary_stream = stream_unary = stream_stream = unary_unary
+
+        async def close(self, grace: float | None = None) -> None:
+            return None
+
+        def get_state(self, try_to_connect: bool = False) -> Any:
+            return grpc.ChannelConnectivity.READY
+
+        async def wait_for_state_change(self, last_observed_state: Any) -> None:
+            return None
+
+        async def channel_ready(self) -> None:
+            return None
+
+        async def __aenter__(self) -> Any:
+            return self
+
+        async def __aexit__(self, *exc_info: Any) -> None:
+            return None
+
+    return InstantAioChannel()

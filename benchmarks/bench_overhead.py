@@ -219,6 +219,37 @@ def isolated(rounds: int) -> list[list[str]]:
     return rows
 
 
+def isolated_aio(rounds: int) -> list[list[str]]:
+    """Client-side cost alone on asyncio: aio.ThrottledChannel over an aio channel whose calls are done at once.
+
+    grpc.aio's own interceptors need a real channel, so only the fast path is timed here.
+    """
+    response = echo_pb2.EchoResponse(text="1:ok")
+
+    async def run() -> list[list[str]]:
+        base = h.instant_aio_channel(response)
+        ours = grpc_throttle.aio.ThrottlingInterceptor(
+            grpc_throttle.TokenBucket(rate=1e9, capacity=1e9), throttle=ECHO_POLICY
+        )
+        calls = {
+            "bare": echo_pb2_grpc.EchoStub(base).Unary,
+            "aio.ThrottledChannel(ours)": echo_pb2_grpc.EchoStub(grpc_throttle.aio.ThrottledChannel(base, ours)).Unary,
+        }
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        n = 2000
+        for round_no in range(rounds):
+            for name, call in h.rotated(list(calls.items()), round_no):
+                started = time.perf_counter()
+                for _ in range(n):
+                    await call(REQUEST)
+                samples[name].append((time.perf_counter() - started) / n * 1e6)
+        _check_stats(ours.stats(), "aio.ThrottledChannel(ours), instant channel")
+        added = h.median(samples["aio.ThrottledChannel(ours)"]) - h.median(samples["bare"])
+        return [["echo answer, ECHO_POLICY (asyncio)", "aio.ThrottledChannel(ours)", f"{added:.2f}"]]
+
+    return asyncio.run(run())
+
+
 def summarise(samples: dict[str, dict[str, list[Sample]]]) -> list[dict[str, Any]]:
     rows = []
     for shape, variants in samples.items():
@@ -308,7 +339,7 @@ def main() -> None:
     print("# bench_overhead: rate far above the load; target: overhead <= 3%")
     modes = ("process", "inprocess") if args.server == "both" else (args.server,)
     results = {mode: run_mode(mode, rounds, calls, args.threads, args.tasks) for mode in modes}
-    alone = isolated(rounds)
+    alone = isolated(rounds) + isolated_aio(rounds)
     print("\n## client-side cost alone: µs added per call over a bare channel that answers at once\n")
     print(h.table(["answer, throttle policy", "variant", "µs added per call (median)"], alone))
     config = {"rounds": rounds, "calls": calls, "threads": args.threads, "tasks": args.tasks}

@@ -276,19 +276,31 @@ class _Paced:
         self._final: Any = None
         self._error: grpc.aio.AioRpcError | None = None
         self._cancelled = False
-        self._ended = asyncio.Event()
+        #: True once the call has ended; _ended wakes who waits for that.
+        self._done = False
+        self._ended: asyncio.Future[None] | None = None
         self._callbacks: list[Callable[[Any], None]] = []
 
     # what every call answers once it has ended
 
     async def _end(self) -> None:
         """Wait until the call has ended (overridden by the kinds that drive themselves)."""
-        await self._ended.wait()
+        await self._wait_ended()
+
+    async def _wait_ended(self) -> None:
+        if self._done:
+            return
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        # Shielded: a waiter that is cancelled must not cancel the others' wait.
+        await asyncio.shield(self._ended)
 
     def _finish(self) -> None:
-        if self._ended.is_set():
+        if self._done:
             return
-        self._ended.set()
+        self._done = True
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
         self._channel._pending.discard(self)
         final = self._final
         if final is not None and not self._cancelled and self._error is None:
@@ -311,7 +323,7 @@ class _Paced:
     def _task_done(self, _task: asyncio.Task[None]) -> None:
         # A task cancelled before its first step never runs its coroutine:
         # give the slot back and end the call here.
-        if self._ended.is_set():
+        if self._done:
             return
         first, self._first = self._first, None
         if first is not None and first[1] is not None:
@@ -329,7 +341,7 @@ class _Paced:
         return self._final is not None and bool(self._final.cancelled())
 
     def done(self) -> bool:
-        if not self._ended.is_set():
+        if not self._done:
             return False
         return self._final is None or bool(self._final.done())
 
@@ -339,7 +351,7 @@ class _Paced:
         return max(0.0, self._deadline - time.monotonic())
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        if not self._ended.is_set():
+        if not self._done:
             self._callbacks.append(callback)
         elif self._final is not None and not self._cancelled and self._error is None:
             self._final.add_done_callback(lambda _call: callback(self))
@@ -417,7 +429,6 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
         self._cancel_asked = False
         self._sleeper: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
-        channel._pending.add(self)
         if sent is None:
             self._drive_in_a_task()
         else:
@@ -427,15 +438,18 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
         # Taken now, not when the task first runs: a caller awaiting in
         # between must wait for this driver, not start a second one.
         self._driving = True
+        self._channel._pending.add(self)
         self._task = self._spawn(self._run_plan())
 
     def _first_done(self, _call: Any) -> None:
         # Nobody awaited the first attempt before it ended: run the plan
         # anyway, so that a throttled answer is retried and done() comes true.
-        if not self._driving and not self._ended.is_set():
+        if not self._driving and not self._done:
             self._drive_in_a_task()
 
     async def _attempt(self, timeout: float | None) -> Any:
+        if self._channel._closed:
+            raise _closed_error()  # a retry due after close(): nothing more reaches grpc
         return self._start(timeout)
 
     def _on_attempt(self, call: Any) -> None:
@@ -443,6 +457,7 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
 
     async def _sleep(self, delay: float) -> None:
         """A wait or back-off that cancel() cuts short (as a CancelledError)."""
+        self._channel._pending.add(self)  # from now on, close() must end this call
         loop = asyncio.get_running_loop()
         sleeper: asyncio.Future[None] = loop.create_future()
         handle = loop.call_later(max(delay, 0.0), _wake, sleeper)
@@ -477,16 +492,16 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
             self._finish()
 
     async def _end(self) -> None:
-        if self._ended.is_set():
+        if self._done:
             return
         if self._driving:
-            await self._ended.wait()
+            await self._wait_ended()
             return
         self._driving = True  # inline, in the caller's task
         await self._run_plan()
 
     def cancel(self) -> bool:
-        if self._ended.is_set():
+        if self._done:
             return self._final is not None and bool(self._final.cancel())
         self._cancel_asked = True
         self._cancelled = True
@@ -571,7 +586,7 @@ class _PacedStream(
 
     async def _started(self) -> Any:
         try:
-            await self._ended.wait()
+            await self._wait_ended()
         except asyncio.CancelledError:
             self.cancel()  # as grpc.aio's read() does: the awaiting task's cancel cancels the call
             raise
@@ -579,7 +594,7 @@ class _PacedStream(
         return self._final
 
     def cancel(self) -> bool:
-        if self._ended.is_set():
+        if self._done:
             return self._final is not None and bool(self._final.cancel())
         self._cancelled = True
         self._task.cancel()
@@ -623,8 +638,8 @@ class _FailedCall(
         self._final = None
         self._error = error
         self._cancelled = False
-        self._ended = asyncio.Event()
-        self._ended.set()
+        self._done = True
+        self._ended = None
         self._callbacks = []
 
     def cancel(self) -> bool:
