@@ -180,3 +180,22 @@ async def test_a_waiting_call_awaited_at_once_has_one_driver(server: AioEchoServ
         attempts = [server.script.attempts_of(f"c{i}") for i in range(5)]
     assert attempts == [FAST_RETRY.max_attempts] * 5  # before: 6 at times, a second driver's attempt
     assert interceptor.stats().attempts == 5 * FAST_RETRY.max_attempts
+
+
+async def test_close_during_a_backoff_ends_the_call_and_sends_nothing_more(server: AioEchoServer) -> None:
+    slow_retry = RetryPolicy(max_attempts=5, initial_backoff=2, max_backoff=2)
+    interceptor = grpc_throttle.aio.ThrottlingInterceptor(TokenBucket(rate=100), retry=slow_retry, throttle=ECHO_POLICY)
+    channel = grpc_throttle.aio.ThrottledChannel(grpc.aio.insecure_channel(server.target), interceptor)
+    stub = echo_pb2_grpc.EchoStub(channel)
+    call = stub.Unary(request("a:throttle=1"))
+    waiter = asyncio.ensure_future(call)
+    await asyncio.sleep(0.3)  # the throttled answer is back: now in its 2 s back-off
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await channel.close()
+    with pytest.raises((asyncio.CancelledError, grpc.aio.AioRpcError)):
+        await asyncio.wait_for(waiter, 1.5)
+    assert loop.time() - started < 1.5
+    assert await call.code() == grpc.StatusCode.CANCELLED
+    await asyncio.sleep(0.1)
+    assert server.script.attempts["a"] == 1
