@@ -246,12 +246,12 @@ def test_bad_arguments_raise_value_error_naming_them(kwargs: dict[str, Any], nam
     clarifai_sdk.install(rate=5)  # a refused install() left nothing behind
 
 
-@pytest.mark.parametrize("found", ["11.5.9", "10.0.0", "2.6.2"])
+@pytest.mark.parametrize("found", ["12.1.7", "11.6.0", "2.6.2"])
 def test_an_sdk_older_than_supported_is_an_import_error_naming_both_versions(
     monkeypatch: pytest.MonkeyPatch, found: str
 ) -> None:
     monkeypatch.setattr(importlib.metadata, "version", lambda name: found)
-    with pytest.raises(ImportError, match=rf"clarifai {found} .*clarifai>=11\.6\.0"):
+    with pytest.raises(ImportError, match=rf"clarifai {found} .*clarifai>=12\.2\.0"):
         clarifai_sdk.install()
 
 
@@ -265,7 +265,7 @@ def test_a_missing_sdk_is_an_import_error_saying_how_to_install_it(monkeypatch: 
 
 
 @pytest.mark.parametrize(
-    ("version", "parsed"), [("12.5.0", (12, 5, 0)), ("11.6.0", (11, 6, 0)), ("12.1.6rc1", (12, 1, 6)), ("13", (13,))]
+    ("version", "parsed"), [("12.5.0", (12, 5, 0)), ("12.2.0", (12, 2, 0)), ("12.1.6rc1", (12, 1, 6)), ("13", (13,))]
 )
 def test_version_tuple(version: str, parsed: tuple[int, ...]) -> None:
     assert clarifai_sdk._version_tuple(version) == parsed

@@ -58,9 +58,11 @@ __all__ = ["MIN_VERSION", "install", "installed", "uninstall"]
 
 _log = logging.getLogger(__name__)
 
-#: The oldest Clarifai SDK with every seam patched here (``get_async_stub``,
-#: ``create_stub(..., is_async=)``).
-MIN_VERSION = (11, 6, 0)
+#: The oldest Clarifai SDK supported. The seams patched here
+#: (``get_async_stub``, ``create_stub(..., is_async=)``) are there from 11.6,
+#: but before 12.2 the SDK fails to import with protobuf 7, which
+#: grpc-throttle needs (it reads ``FieldDescriptor.label``).
+MIN_VERSION = (12, 2, 0)
 
 #: The installation in force, or None.
 _active: _Installation | None = None
