@@ -106,6 +106,39 @@ def test_admitted_answers_carry_success_and_fake_content(connect: Any) -> None:
     assert all(o.data.concepts[0].value > 0 for o in reply.outputs)
 
 
+def test_sdk_methods_answer_and_are_charged_to_the_callers_quota(connect: Any, emulator: ClarifaiEmulator) -> None:
+    client = connect()
+    ids = resources_pb2.UserAppIDSet(user_id="me", app_id="main")
+    model = client.stub.GetModel(service_pb2.GetModelRequest(user_app_id=ids, model_id="m1"), metadata=client.metadata)
+    assert model.status.code == status_code_pb2.SUCCESS
+    assert (model.model.id, model.model.app_id, model.model.user_id) == ("m1", "main", "me")
+    listed = client.stub.ListApps(
+        service_pb2.ListAppsRequest(user_app_id=ids, page=1, per_page=2), metadata=client.metadata
+    )
+    assert [a.id for a in listed.apps] == ["main", "staging"]
+    # A third call in the same instant is over the quota of 2, whatever the method.
+    app = client.stub.GetApp(service_pb2.GetAppRequest(user_app_id=ids), metadata=client.metadata)
+    assert app.status.code == status_code_pb2.CONN_THROTTLED
+    assert emulator.counters().per_user[user_key(KEY_A)] == (2, 1)
+
+
+def test_list_apps_pages_end_with_an_empty_page(connect: Any, clock: FrozenClock) -> None:
+    client = connect()
+    ids = resources_pb2.UserAppIDSet(user_id="me")
+    pages = []
+    for page in (1, 2):
+        clock.now += 10
+        request = service_pb2.ListAppsRequest(user_app_id=ids, page=page, per_page=2)
+        pages.append([a.id for a in client.stub.ListApps(request, metadata=client.metadata).apps])
+    clock.now += 10
+    missing = client.stub.GetApp(
+        service_pb2.GetAppRequest(user_app_id=resources_pb2.UserAppIDSet(user_id="me", app_id="nope")),
+        metadata=client.metadata,
+    )
+    assert pages == [["main", "staging"], ["archive"]]
+    assert missing.status.code == status_code_pb2.CONN_DOES_NOT_EXIST
+
+
 def test_over_quota_answer_is_exactly_the_documented_one(connect: Any) -> None:
     client = connect()
     assert client.list_model_types().status.code == status_code_pb2.SUCCESS

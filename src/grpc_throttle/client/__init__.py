@@ -4,7 +4,9 @@ Each builder returns a ``grpc.Channel`` whose calls go through a
 :class:`~grpc_throttle.ThrottlingInterceptor` (by way of
 :class:`~grpc_throttle.ThrottledChannel`); :func:`interceptor_of` finds that
 interceptor again (for :meth:`~grpc_throttle.ThrottlingInterceptor.stats`).
-``grpc_throttle.client.aio`` has the same functions for ``grpc.aio``.
+``grpc_throttle.client.aio`` has the same functions for ``grpc.aio``, and
+``grpc_throttle.client.clarifai_sdk.install()`` paces the Clarifai SDK's own
+objects through the same shared buckets.
 
 Every builder sets the channel option ``("grpc.enable_retries", 0)`` unless you
 pass your own ``grpc.enable_retries``: gRPC's built-in retries (from a service

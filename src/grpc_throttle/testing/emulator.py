@@ -1,7 +1,9 @@
 """A quota-enforcing Clarifai emulator: a real gRPC server for tests and demos.
 
-It serves two methods of Clarifai's ``V2`` service, ``ListModelTypes`` and
-``PostModelOutputs``, with fake content, and answers over-quota calls exactly
+It serves the methods of Clarifai's ``V2`` service that the Clarifai SDK's
+common calls need (``ListModelTypes``, ``PostModelOutputs``, ``GetModel``,
+``ListApps``, ``GetApp``), with fake content, each charged to the caller's
+quota, and answers over-quota calls exactly
 as Clarifai documents (gRPC OK, body ``status.code`` 11005 CONN_THROTTLED).
 The ``Control`` service on the same port reads and resets its counters from
 another process (:mod:`.control`).
@@ -40,6 +42,9 @@ _MODEL_TYPES = (
     ("text-to-text", "Text to Text"),
     ("embedder", "Embedder"),
 )
+
+#: The apps every user has, as ``ListApps`` and ``GetApp`` answer.
+_APP_IDS = ("main", "staging", "archive")
 
 
 def user_key(authorization: str | None) -> str:
@@ -285,6 +290,44 @@ class _V2Servicer(service_pb2_grpc.V2Servicer):  # type: ignore[misc]
             for item in request.inputs
         ]
         return service_pb2.MultiOutputResponse(status=status, outputs=outputs)
+
+    def GetModel(self, request: Any, context: grpc.ServicerContext) -> Any:
+        status = self._emulator._admit(context)
+        if status.code != status_code_pb2.SUCCESS:
+            return service_pb2.SingleModelResponse(status=status)
+        ids = request.user_app_id
+        version = resources_pb2.ModelVersion(id=request.version_id or "emulated-version")
+        model = resources_pb2.Model(
+            id=request.model_id or "emulated-model",
+            user_id=ids.user_id,
+            app_id=ids.app_id,
+            model_type_id="text-classifier",
+            model_version=version,
+        )
+        return service_pb2.SingleModelResponse(status=status, model=model)
+
+    def ListApps(self, request: Any, context: grpc.ServicerContext) -> Any:
+        status = self._emulator._admit(context)
+        if status.code != status_code_pb2.SUCCESS:
+            return service_pb2.MultiAppResponse(status=status)
+        # Clarifai's pages count from 1; per_page 0 means its default of 128.
+        per_page = request.per_page or 128
+        start = (max(request.page, 1) - 1) * per_page
+        user_id = request.user_app_id.user_id
+        apps = [resources_pb2.App(id=i, user_id=user_id, name=i) for i in _APP_IDS[start : start + per_page]]
+        return service_pb2.MultiAppResponse(status=status, apps=apps)
+
+    def GetApp(self, request: Any, context: grpc.ServicerContext) -> Any:
+        status = self._emulator._admit(context)
+        if status.code != status_code_pb2.SUCCESS:
+            return service_pb2.SingleAppResponse(status=status)
+        ids = request.user_app_id
+        if ids.app_id not in _APP_IDS:
+            missing = status_pb2.Status(
+                code=status_code_pb2.CONN_DOES_NOT_EXIST, description="Resource does not exist", req_id=status.req_id
+            )
+            return service_pb2.SingleAppResponse(status=missing)
+        return service_pb2.SingleAppResponse(status=status, app=resources_pb2.App(id=ids.app_id, user_id=ids.user_id))
 
 
 def _short(key: str) -> str:
