@@ -15,7 +15,7 @@ import pytest
 
 import grpc_throttle.aio
 import grpc_throttle.client.aio
-from grpc_throttle import RetryPolicy, ThrottlePolicy, TokenBucket
+from grpc_throttle import RetryPolicy, RetryScheduled, ThrottlePolicy, TokenBucket
 from grpc_throttle.testing import echo_pb2_grpc
 from tests.scripted import ECHO_POLICY, FAST_RETRY, AioEchoServer, request
 
@@ -121,13 +121,15 @@ async def test_an_unawaited_throttled_first_attempt_is_still_retried(server: Aio
 
 async def test_cancel_during_a_backoff_ends_the_call_cancelled(server: AioEchoServer) -> None:
     slow_retry = RetryPolicy(max_attempts=5, initial_backoff=5, max_backoff=5)
-    interceptor = grpc_throttle.aio.ThrottlingInterceptor(TokenBucket(rate=100), retry=slow_retry, throttle=ECHO_POLICY)
+    backing_off = asyncio.Event()
+    interceptor = grpc_throttle.aio.ThrottlingInterceptor(
+        TokenBucket(rate=100), retry=slow_retry, throttle=ECHO_POLICY, on_event=on_retry(backing_off)
+    )
     async with grpc_throttle.aio.ThrottledChannel(grpc.aio.insecure_channel(server.target), interceptor) as channel:
         stub = echo_pb2_grpc.EchoStub(channel)
         call = stub.Unary(request("a:throttle=1"))
         waiter = asyncio.ensure_future(call)
-        await asyncio.sleep(0.3)  # the throttled answer is back: now in its 5 s back-off
-        assert server.script.attempts["a"] == 1
+        await asyncio.wait_for(backing_off.wait(), 10)  # the throttled answer is back: now in its 5 s back-off
         assert call.cancel()
         assert call.cancelled()
         with pytest.raises(asyncio.CancelledError):
@@ -135,6 +137,16 @@ async def test_cancel_during_a_backoff_ends_the_call_cancelled(server: AioEchoSe
         assert await call.code() == grpc.StatusCode.CANCELLED
         assert server.script.attempts["a"] == 1
         assert interceptor.stats().cancelled == 1
+
+
+def on_retry(event: asyncio.Event) -> Any:
+    """An on_event hook that sets ``event`` when a back-off is scheduled."""
+
+    def hook(happened: Any) -> None:
+        if isinstance(happened, RetryScheduled):
+            event.set()
+
+    return hook
 
 
 async def test_client_aio_builders_take_the_fast_path(server: AioEchoServer) -> None:
@@ -184,12 +196,15 @@ async def test_a_waiting_call_awaited_at_once_has_one_driver(server: AioEchoServ
 
 async def test_close_during_a_backoff_ends_the_call_and_sends_nothing_more(server: AioEchoServer) -> None:
     slow_retry = RetryPolicy(max_attempts=5, initial_backoff=2, max_backoff=2)
-    interceptor = grpc_throttle.aio.ThrottlingInterceptor(TokenBucket(rate=100), retry=slow_retry, throttle=ECHO_POLICY)
+    backing_off = asyncio.Event()
+    interceptor = grpc_throttle.aio.ThrottlingInterceptor(
+        TokenBucket(rate=100), retry=slow_retry, throttle=ECHO_POLICY, on_event=on_retry(backing_off)
+    )
     channel = grpc_throttle.aio.ThrottledChannel(grpc.aio.insecure_channel(server.target), interceptor)
     stub = echo_pb2_grpc.EchoStub(channel)
     call = stub.Unary(request("a:throttle=1"))
     waiter = asyncio.ensure_future(call)
-    await asyncio.sleep(0.3)  # the throttled answer is back: now in its 2 s back-off
+    await asyncio.wait_for(backing_off.wait(), 10)  # now in its 2 s back-off
     loop = asyncio.get_running_loop()
     started = loop.time()
     await channel.close()

@@ -268,18 +268,20 @@ class _Paced:
     failure when the plan refused to send; ``_cancelled`` set by a cancel.
     """
 
+    # Class-level defaults: a call on the fast path sets only what differs.
+    _plan: CallPlan
+    _first: tuple[Any, Any] | None = None
+    _final: Any = None
+    _error: grpc.aio.AioRpcError | None = None
+    _cancelled = False
+    #: True once the call has ended; _ended wakes who waits for that.
+    _done = False
+    _ended: asyncio.Future[None] | None = None
+    _callbacks: tuple[Callable[[Any], None], ...] = ()
+
     def __init__(self, channel: ThrottledChannel, timeout: float | None) -> None:
         self._channel = channel
         self._deadline = None if timeout is None else time.monotonic() + timeout
-        self._plan: CallPlan
-        self._first: tuple[Any, Any] | None = None
-        self._final: Any = None
-        self._error: grpc.aio.AioRpcError | None = None
-        self._cancelled = False
-        #: True once the call has ended; _ended wakes who waits for that.
-        self._done = False
-        self._ended: asyncio.Future[None] | None = None
-        self._callbacks: list[Callable[[Any], None]] = []
 
     # what every call answers once it has ended
 
@@ -309,7 +311,7 @@ class _Paced:
         else:
             for callback in self._callbacks:
                 callback(self)
-        self._callbacks = []
+        self._callbacks = ()
 
     def _close(self) -> None:
         """The channel closed: end as CANCELLED, sending nothing more."""
@@ -352,7 +354,7 @@ class _Paced:
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
         if not self._done:
-            self._callbacks.append(callback)
+            self._callbacks += (callback,)
         elif self._final is not None and not self._cancelled and self._error is None:
             self._final.add_done_callback(lambda _call: callback(self))
         else:
@@ -420,19 +422,22 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
         sent: Any,
         timeout: float | None,
     ) -> None:
-        super().__init__(channel, timeout)
+        self._channel = channel
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         self._plan = plan
         self._start = start
-        self._first = first
-        self._current: Any = sent
-        self._driving = False
-        self._cancel_asked = False
-        self._sleeper: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._current = sent
         if sent is None:
+            self._first = first
             self._drive_in_a_task()
         else:
             sent.add_done_callback(self._first_done)
+
+    _current: Any = None
+    _driving = False
+    _cancel_asked = False
+    _sleeper: asyncio.Future[None] | None = None
+    _task: asyncio.Task[None] | None = None
 
     def _drive_in_a_task(self) -> None:
         # Taken now, not when the task first runs: a caller awaiting in
@@ -530,7 +535,12 @@ class _UnaryUnaryCall(_Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg
 
     async def _result(self) -> Any:
         try:
-            await self._end()
+            if not self._done:
+                if self._driving:
+                    await self._wait_ended()
+                else:
+                    self._driving = True  # inline, in the caller's task
+                    await self._run_plan()
         except asyncio.CancelledError:
             # As with grpc.aio's own calls: cancelling the task that awaits
             # the call cancels the call (and gives a waiting call's token back).
@@ -640,7 +650,7 @@ class _FailedCall(
         self._cancelled = False
         self._done = True
         self._ended = None
-        self._callbacks = []
+        self._callbacks = ()
 
     def cancel(self) -> bool:
         return False
