@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 __all__ = ["RedisServer", "redis_server_binary", "require_redis"]
@@ -38,14 +39,19 @@ class RedisServer:
     Args:
         binary: Path of ``redis-server``; found on PATH by default.
         startup_timeout: Seconds to wait for the server to answer PING.
+        extra_args: More ``redis-server`` arguments.
     """
 
-    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self, binary: str | None = None, *, startup_timeout: float = 10.0, extra_args: Sequence[str] = ()
+    ) -> None:
         found = binary or redis_server_binary()
         if found is None:
             raise FileNotFoundError("redis-server is not on PATH")
         self.binary = found
         self.startup_timeout = startup_timeout
+        #: More redis-server arguments, e.g. ("--requirepass", "pw") or ("--replicaof", host, port).
+        self.extra_args = tuple(extra_args)
         self.port = _free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="grpc-throttle-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -64,7 +70,7 @@ class RedisServer:
             return
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
-        args += ["--daemonize", "no", "--loglevel", "warning"]
+        args += ["--daemonize", "no", "--loglevel", "warning", *self.extra_args]
         deadline = time.monotonic() + self.startup_timeout
         while True:
             self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,7 +115,7 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # NOAUTH: up, with a password
         except OSError:
             return False
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-from redis import exceptions as redis_errors
-
 from .. import _checks
 
 #: Prefix of every Redis key grpc-throttle writes.
@@ -68,22 +66,6 @@ def pool_kwargs(pool: Any, timeout: float, retry: Any) -> dict[str, Any]:
     }
     kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry, max_connections=POOL_SIZE)
     return kwargs
-
-
-def is_outage(error: Exception) -> bool:
-    """True when ``error`` means "Redis is unreachable or unable for now".
-
-    Outages go to the failure policy; anything else Redis answers (a key of
-    the wrong type, a missing ACL permission, a wrong password) is a setup
-    mistake that waiting will not fix, so it is raised.
-    """
-    if isinstance(error, (redis_errors.AuthenticationError, redis_errors.MaxConnectionsError)):
-        return False  # a setup mistake, or a full pool: Redis itself answers
-    transient = (redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError)
-    if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, *transient)):
-        return True
-    first = str(error).split(" ", 1)[0]
-    return first in ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,10 +28,10 @@ from ._redis_config import (
     FailurePolicy,
     Settings,
     hashed_key,
-    is_outage,
     pool_kwargs,
     redact_url,
 )
+from ._redis_errors import classify
 from ._redis_wire import Wire
 from .local import Reservation
 
@@ -80,9 +80,12 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
       the retry policy still apply).
     * ``"fail"``: raise :class:`~grpc_throttle.errors.BucketUnavailableError`.
 
-    A key holding another Redis type, or Redis refusing the script (ACL, wrong
-    password), is a setup mistake rather than an outage: it raises
-    ``BucketUnavailableError`` whatever the policy.
+    Errors are told apart by class (``_redis_errors``). A setup mistake is not
+    an outage: a wrong password, a missing ACL permission, a certificate that
+    does not verify, a plain client on the wrong node of a cluster, or a key
+    holding another Redis type raises ``BucketUnavailableError`` saying what
+    to fix, whatever the policy. ``READONLY`` (a replica) goes to the policy,
+    as a failover causes it for a moment too, and is logged at ERROR once.
 
     Args:
         client: A ``redis.Redis``. The bucket uses its connection settings with
@@ -304,19 +307,14 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             return _DOWN
         try:
             reply = self._eval(name, args, more_keys)
-        except redis.exceptions.MaxConnectionsError:  # a full pool: no verdict on Redis
-            self._breaker.abandoned()
+        except Exception as error:
+            verdict = classify(error, cluster=self._cluster)
+            if verdict.kind == "refused":
+                self._breaker.succeeded()
+                raise self._store_error(error, self._key_type()) from None
+            self._judge(error, verdict)  # raises, unless Redis is down or the pool full
             return _DOWN
-        except redis.RedisError as error:
-            if is_outage(error):
-                self._breaker.failed(error)
-                return _DOWN
-            self._breaker.succeeded()
-            raise self._store_error(error, self._key_type()) from None
-        except OSError as error:
-            self._breaker.failed(error)
-            return _DOWN
-        except BaseException:  # cancelled, interrupted, or a bug: no verdict on Redis
+        except BaseException:  # cancelled or interrupted: no verdict on Redis
             self._breaker.abandoned()
             raise
         self._breaker.succeeded()

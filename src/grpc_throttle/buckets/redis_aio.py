@@ -31,10 +31,10 @@ from ._redis_config import (
     FailurePolicy,
     Settings,
     hashed_key,
-    is_outage,
     pool_kwargs,
     redact_url,
 )
+from ._redis_errors import classify
 from ._redis_wire import AsyncWire
 from .local import Reservation
 
@@ -296,19 +296,14 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             return _DOWN
         try:
             reply = await self._eval(name, args, more_keys)
-        except redis.exceptions.MaxConnectionsError:  # a full pool: no verdict on Redis
-            self._breaker.abandoned()
+        except Exception as error:
+            verdict = classify(error, cluster=self._cluster)
+            if verdict.kind == "refused":
+                self._breaker.succeeded()
+                raise self._store_error(error, await self._key_type()) from None
+            self._judge(error, verdict)  # raises, unless Redis is down or the pool full
             return _DOWN
-        except redis.RedisError as error:
-            if is_outage(error):
-                self._breaker.failed(error)
-                return _DOWN
-            self._breaker.succeeded()
-            raise self._store_error(error, await self._key_type()) from None
-        except (OSError, asyncio.TimeoutError) as error:  # distinct classes on Python 3.10
-            self._breaker.failed(error)
-            return _DOWN
-        except BaseException:  # cancelled, interrupted, or a bug: no verdict on Redis
+        except BaseException:  # cancelled or interrupted: no verdict on Redis
             self._breaker.abandoned()
             raise
         self._breaker.succeeded()
