@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.redis_server import RedisServer, require_redis
+from tests.redis_server import RedisCluster, RedisServer, require_redis
 from tests.scripted import EchoServer
 
 
@@ -29,6 +29,14 @@ def redis_server() -> Iterator[RedisServer]:
     require_redis()
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster of three masters for the whole session (redis-cli creates it)."""
+    require_redis(cluster=True)
+    with RedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

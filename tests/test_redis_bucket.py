@@ -407,7 +407,7 @@ def test_bad_arguments_name_what_is_wrong(kwargs: dict[str, Any], match: str) ->
 
 
 def test_a_client_that_is_not_a_sync_redis_client_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"client must be a redis\.Redis, got str"):
+    with pytest.raises(ValueError, match=r"client must be a redis\.Redis or redis\.cluster\.RedisCluster, got str"):
         RedisTokenBucket("redis://localhost", key="k", rate=1)
     with pytest.raises(ValueError, match="redis_aio"):
         RedisTokenBucket(redis.asyncio.Redis(), key="k", rate=1)

@@ -124,7 +124,7 @@ class RedisBucketBase(SharedAdaptation):
         #: The Redis key of the bucket's hash.
         self._key = settings.redis_key
         #: The cancelled reservations waiting for the tail to reach them (see lua/cancel.lua).
-        self._holes_key = settings.redis_key + ":holes"
+        self._holes_key = settings.holes_key
         #: The rate and capacity as sent to the scripts.
         self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
         #: The reserve script's arguments in the common case (one token, no limit,

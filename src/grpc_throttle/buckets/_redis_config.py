@@ -68,6 +68,60 @@ def pool_kwargs(pool: Any, timeout: float, retry: Any) -> dict[str, Any]:
     return kwargs
 
 
+#: The settings of a cluster client's connections a bucket's own cluster client keeps
+#: (credentials, TLS, encoding); addresses, timeouts, retries and pools are its own.
+_CLUSTER_SETTINGS = frozenset(
+    {
+        "username",
+        "password",
+        "credential_provider",
+        "client_name",
+        "encoding",
+        "encoding_errors",
+        "decode_responses",
+        "health_check_interval",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "socket_read_size",
+        "protocol",
+        "ssl",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_check_hostname",
+        "ssl_min_version",
+        "ssl_ciphers",
+    }
+)
+
+
+def cluster_kwargs(client: Any, stored: dict[str, Any], timeout: float, retry: Any) -> dict[str, Any]:
+    """Arguments of a bucket's own Redis Cluster client, like ``pool_kwargs`` for one node.
+
+    Args:
+        client: The caller's ``RedisCluster`` (sync or asyncio): its known nodes seed the new one.
+        stored: Its connection settings (``nodes_manager.connection_kwargs`` in sync
+            redis-py, ``connection_kwargs`` in asyncio).
+        timeout: The bucket's timeout; ``retry``: none (see pool_kwargs).
+    """
+    kwargs = {k: v for k, v in stored.items() if k in _CLUSTER_SETTINGS}
+    if getattr(stored.get("connection_class"), "__name__", "") == "SSLConnection":
+        kwargs["ssl"] = True  # asyncio keeps TLS as the connection class
+    seeds = getattr(client, "startup_nodes", None) or getattr(client.nodes_manager, "startup_nodes", None)
+    known = [*client.get_nodes(), *(seeds.values() if isinstance(seeds, dict) else seeds or ())]
+    addresses = list(dict.fromkeys((node.host, int(node.port)) for node in known))
+    kwargs.update(
+        addresses=addresses,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry,
+        max_connections=POOL_SIZE,
+    )
+    return kwargs
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """A Redis bucket's fixed configuration, validated; see RedisTokenBucket."""
@@ -91,8 +145,33 @@ class Settings:
         _checks.positive("timeout", self.timeout)
         _checks.non_negative("cooldown", self.cooldown)
         _checks.whole("lease", self.lease, 1)
+        if not _has_hash_tag(self.redis_key) and "}" in self.redis_key:
+            raise ValueError(
+                f"key {self.key!r} has a '}}' but no hash tag, so its keys cannot share one Redis Cluster "
+                "slot: drop the braces, or use a whole tag such as 'team-{a}'"
+            )
 
     @property
     def redis_key(self) -> str:
-        """The Redis key of the bucket's hash."""
+        """The Redis key of the bucket's hash (unchanged since v0.1, so upgrades keep the schedule)."""
         return KEY_PREFIX + self.key
+
+    @property
+    def holes_key(self) -> str:
+        """The key of the cancelled reservations (see lua/cancel.lua), in the hash's cluster slot.
+
+        Every script's keys must share a slot on Redis Cluster. The hash's own
+        name stays as it was; a name without a hash tag is hashed whole, so
+        putting that whole name in braces gives the holes the same slot:
+        ``grpc-throttle:k`` and ``{grpc-throttle:k}:holes``. A key with a tag
+        of its own (``team-{a}``) keeps it: ``grpc-throttle:team-{a}:holes``.
+        """
+        key = self.redis_key
+        return key + ":holes" if _has_hash_tag(key) else "{" + key + "}:holes"
+
+
+def _has_hash_tag(key: str) -> bool:
+    """True when Redis Cluster hashes only part of ``key``: a non-empty ``{...}``, the first ``{`` deciding."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return end > start + 1

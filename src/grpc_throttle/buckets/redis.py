@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from ..errors import BucketUnavailableError
@@ -27,12 +28,13 @@ from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReserv
 from ._redis_config import (
     FailurePolicy,
     Settings,
+    cluster_kwargs,
     hashed_key,
     pool_kwargs,
     redact_url,
 )
 from ._redis_errors import classify
-from ._redis_wire import Wire
+from ._redis_wire import ClusterWire, Wire
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -88,8 +90,10 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
     as a failover causes it for a moment too, and is logged at ERROR once.
 
     Args:
-        client: A ``redis.Redis``. The bucket uses its connection settings with
-            its own pool, ``timeout`` and no retries; the client is unchanged.
+        client: A ``redis.Redis``, or a ``redis.cluster.RedisCluster`` for
+            Redis Cluster (the bucket's keys share one slot). The bucket uses
+            its connection settings with its own connections, ``timeout`` and
+            no retries; the client is unchanged.
         key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
             derive it from a token: key names are visible to anyone who can
             list keys.
@@ -134,13 +138,16 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(client, redis.Redis):
+        cluster = isinstance(client, RedisCluster)
+        if not (cluster or isinstance(client, redis.Redis)):
             hint = (
                 "; use grpc_throttle.buckets.redis_aio.RedisTokenBucket for redis.asyncio"
-                if isinstance(client, redis.asyncio.Redis)
+                if isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster))
                 else ""
             )
-            raise ValueError(f"client must be a redis.Redis, got {type(client).__name__}{hint}")
+            raise ValueError(
+                f"client must be a redis.Redis or redis.cluster.RedisCluster, got {type(client).__name__}{hint}"
+            )
         capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
@@ -152,14 +159,24 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             lease=lease,
         )
         super().__init__(settings, rate, clock, adaptive)
-        pool = client.connection_pool
-        kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
-        #: The bucket's own client: the caller's settings, the bucket's timeout.
-        self._redis = redis.Redis(
-            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
-        #: Runs the scripts on that client's pool (see _redis_wire).
-        self._wire = Wire(self._redis.connection_pool, self._key)
+        retry = Retry(NoBackoff(), 0)
+        #: The bucket's own client: the caller's settings, the bucket's timeout, no retries.
+        self._redis: Any
+        #: Runs the scripts on that client (see _redis_wire).
+        self._wire: Wire | ClusterWire
+        if cluster:
+            self._cluster = True
+            kwargs = cluster_kwargs(client, client.nodes_manager.connection_kwargs, settings.timeout, retry)
+            nodes = [ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
+            self._redis = RedisCluster(startup_nodes=nodes, **kwargs)
+            self._wire = ClusterWire(self._redis, self._key)
+        else:
+            pool = client.connection_pool
+            kwargs = pool_kwargs(pool, settings.timeout, retry)
+            self._redis = redis.Redis(
+                connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            )
+            self._wire = Wire(self._redis.connection_pool, self._key)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
@@ -297,7 +314,10 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     def close(self) -> None:
         """Close the bucket's connections (the client passed in is not touched)."""
-        self._redis.connection_pool.disconnect()
+        if self._cluster:
+            self._redis.close()
+        else:
+            self._redis.connection_pool.disconnect()
 
     # -- Redis -----------------------------------------------------------
 
@@ -338,7 +358,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             try:
                 return self._wire.evalsha(SHAS[name], args, more_keys)
             except redis.exceptions.NoScriptError:
-                self._redis.script_load(SCRIPTS[name])
+                self._wire.load(SCRIPTS[name])
         return self._wire.evalsha(SHAS[name], args, more_keys)
 
     def _key_type(self) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -30,12 +31,13 @@ from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReserv
 from ._redis_config import (
     FailurePolicy,
     Settings,
+    cluster_kwargs,
     hashed_key,
     pool_kwargs,
     redact_url,
 )
 from ._redis_errors import classify
-from ._redis_wire import AsyncWire
+from ._redis_wire import AsyncClusterWire, AsyncWire
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -58,9 +60,10 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
     :meth:`aclose` replaces ``close``.
 
     Args:
-        client: A ``redis.asyncio.Redis``. The bucket uses its connection
-            settings with its own pool, ``timeout`` and no retries; the client
-            is unchanged.
+        client: A ``redis.asyncio.Redis``, or a
+            ``redis.asyncio.cluster.RedisCluster`` for Redis Cluster. The bucket
+            uses its connection settings with its own connections, ``timeout``
+            and no retries; the client is unchanged.
         key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
             derive it from a token: key names are visible to anyone who can
             list keys.
@@ -104,13 +107,17 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(client, aioredis.Redis):
+        cluster = isinstance(client, RedisCluster)
+        if not (cluster or isinstance(client, aioredis.Redis)):
             hint = (
                 "; use grpc_throttle.buckets.redis.RedisTokenBucket for a sync client"
-                if isinstance(client, redis.Redis)
+                if isinstance(client, (redis.Redis, redis.cluster.RedisCluster))
                 else ""
             )
-            raise ValueError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}{hint}")
+            raise ValueError(
+                f"client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster, "
+                f"got {type(client).__name__}{hint}"
+            )
         capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
@@ -122,14 +129,29 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             lease=lease,
         )
         super().__init__(settings, rate, clock, adaptive)
-        pool = client.connection_pool
-        kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
-        #: The bucket's own client: the caller's settings, the bucket's timeout.
-        self._redis = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
-        #: Runs the scripts on that client's pool (see _redis_wire).
-        self._wire = AsyncWire(self._redis.connection_pool, self._key)
+        retry = Retry(NoBackoff(), 0)
+        #: The bucket's own client: the caller's settings, the bucket's timeout, no retries.
+        self._redis: Any
+        #: Runs the scripts on that client (see _redis_wire).
+        self._wire: AsyncWire | AsyncClusterWire
+        if cluster:
+            self._cluster = True
+            # One immediate retry: redis-py's asyncio cluster client (8.1) loses fresh
+            # connections in their handshake under concurrent calls ("Connection closed by
+            # server") and counts on its retries to hide that. A node really down costs
+            # twice the timeout once, then the breaker skips it.
+            once = Retry(NoBackoff(), 1)
+            kwargs = cluster_kwargs(client, client.connection_kwargs, settings.timeout, once)
+            nodes = [ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
+            self._redis = RedisCluster(startup_nodes=nodes, **kwargs)
+            self._wire = AsyncClusterWire(self._redis, self._key)
+        else:
+            pool = client.connection_pool
+            kwargs = pool_kwargs(pool, settings.timeout, retry)
+            self._redis = aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            )
+            self._wire = AsyncWire(self._redis.connection_pool, self._key)
         #: Cancellations and adaptation updates in flight; held so they are not garbage-collected.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -286,7 +308,8 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        if not self._cluster:
+            await self._redis.connection_pool.disconnect()
 
     # -- Redis -----------------------------------------------------------
 
@@ -318,7 +341,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             try:
                 return await self._wire.evalsha(SHAS[name], args, more_keys)
             except redis.exceptions.NoScriptError:
-                await self._redis.script_load(SCRIPTS[name])
+                await self._wire.load(SCRIPTS[name])
         return await self._wire.evalsha(SHAS[name], args, more_keys)
 
     async def _key_type(self) -> str | None:
