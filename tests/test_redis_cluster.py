@@ -112,15 +112,15 @@ async def test_two_clients_share_one_schedule(
     aio_client = redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.url)
     aio_bucket = AsyncRedisTokenBucket(aio_client, key=bucket_key, rate=5, on_failure="fail")
     try:
-        delays = []
+        sync_bucket.available(), other.available(), await aio_bucket.available()  # connected, slots known
+        ready = []
         for _ in range(2):
             for reservation in (sync_bucket.reserve(), other.reserve(), await aio_bucket.reserve()):
-                assert reservation is not None
-                delays.append(reservation.delay)
-        # One FIFO schedule at 5/s across the three: each next slot 0.2 s later.
-        assert delays[0] == 0
-        gaps = [b - a for a, b in itertools.pairwise(delays)]
-        assert all(0.1 < gap < 0.3 for gap in gaps), gaps
+                assert isinstance(reservation, RedisReservation)
+                ready.append(reservation.ready_at)  # one local clock for all three
+        # One FIFO schedule at 5/s across the three: each next slot 0.2 s after the last.
+        gaps = [b - a for a, b in itertools.pairwise(ready)]
+        assert all(0.15 < gap < 0.25 for gap in gaps), gaps
     finally:
         await aio_bucket.aclose()
         await aio_client.aclose()

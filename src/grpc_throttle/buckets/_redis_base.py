@@ -118,7 +118,7 @@ class RedisBucketBase(SharedAdaptation):
         if adaptive is not None and not isinstance(adaptive, AdaptiveRate):
             raise ValueError(f"adaptive must be an AdaptiveRate or None, got {adaptive!r}")
         #: The configured rate, tokens per second (this process's).
-        self._rate = _checks.positive("rate", rate)
+        self._rate = settings.check_rate("rate", rate)
         #: Fixed configuration.
         self._settings = settings
         #: The Redis key of the bucket's hash.
@@ -175,7 +175,7 @@ class RedisBucketBase(SharedAdaptation):
 
     @rate.setter
     def rate(self, value: float) -> None:
-        value = _checks.positive("rate", value)
+        value = self._settings.check_rate("rate", value)
         self._rate, self._rate_arg = value, repr(value)
         self._plain_args = (self._rate_arg.encode(), self._capacity_arg.encode())
         self._local.rate = value * self._settings.local_share
@@ -221,7 +221,7 @@ class RedisBucketBase(SharedAdaptation):
         self._view.notify(old)
 
     def _set_pending(self, value: float, reason: str | None = None) -> float:
-        value = min(_checks.positive("effective rate", value), self._rate)
+        value = min(self._settings.check_rate("effective rate", value), self._rate)
         with self._lock:
             self._pending_eff = value
             old = self._view.set(value)

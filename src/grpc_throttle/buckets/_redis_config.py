@@ -15,6 +15,11 @@ from .. import _checks
 
 #: Prefix of every Redis key grpc-throttle writes.
 KEY_PREFIX = "grpc-throttle:"
+#: The longest ``timeout`` accepted, seconds: a Redis round trip, not a wait (a
+#: socket takes at most ~9.2e9 s, and a longer value failed at the first call).
+MAX_TIMEOUT = 86_400.0
+#: The largest ``lease`` accepted: slots leased per round trip, each held in memory.
+MAX_LEASE = 10_000
 #: What a bucket does while Redis is unreachable (see RedisTokenBucket).
 FailurePolicy = Literal["local", "allow", "fail"]
 _POLICIES = ("local", "allow", "fail")
@@ -142,14 +147,30 @@ class Settings:
             raise ValueError(f"on_failure must be one of {_POLICIES}, got {self.on_failure!r}")
         if _checks.positive("local_share", self.local_share) > 1:
             raise ValueError(f"local_share must be in (0, 1], got {self.local_share!r}")
-        _checks.positive("timeout", self.timeout)
+        _checks.bounded("timeout", self.timeout, 0, MAX_TIMEOUT)
         _checks.non_negative("cooldown", self.cooldown)
-        _checks.whole("lease", self.lease, 1)
+        if _checks.whole("lease", self.lease, 1) > MAX_LEASE:
+            raise ValueError(f"lease must be a whole number in [1, {MAX_LEASE}], got {self.lease!r}")
         if not _has_hash_tag(self.redis_key) and "}" in self.redis_key:
             raise ValueError(
                 f"key {self.key!r} has a '}}' but no hash tag, so its keys cannot share one Redis Cluster "
                 "slot: drop the braces, or use a whole tag such as 'team-{a}'"
             )
+
+    @property
+    def min_rate(self) -> float:
+        """The slowest rate a bucket can run at: its fallback's share of it must be a valid rate too."""
+        return _checks.SMALLEST / self.local_share
+
+    def check_rate(self, name: str, value: object) -> float:
+        """``value`` as a rate (the configured or an effective one), or ValueError naming ``name`` and the range."""
+        number = _checks._number(name, value)
+        if not (number * self.local_share >= _checks.SMALLEST and number <= _checks.LARGEST):  # NaN fails too
+            raise ValueError(
+                f"{name} must be a number in [{self.min_rate:g}, {_checks.LARGEST:g}] "
+                f"(local_share={self.local_share:g} of it goes to the fallback), got {value!r}"
+            )
+        return number
 
     @property
     def redis_key(self) -> str:

@@ -97,17 +97,20 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
             derive it from a token: key names are visible to anyone who can
             list keys.
-        rate: Tokens added per second, for all processes together.
-        capacity: The most tokens held (the largest burst). Defaults to 1.
+        rate: Tokens added per second, for all processes together; at least
+            1e-9 / ``local_share``, so that the fallback's share is a rate too.
+        capacity: The most tokens held (the largest burst), in [1, 1e12].
+            Defaults to 1.
         on_failure: ``"local"``, ``"allow"`` or ``"fail"`` (see above).
         local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
             the local fallback bucket gets.
-        timeout: Seconds a Redis call may take before it counts as down.
+        timeout: Seconds a Redis call may take before it counts as down, at
+            most 86400 (a socket takes no more than ~9.2e9).
         cooldown: Seconds to stay away from Redis after a failure.
         lease: With ``lease > 1``, a process calling faster than half the
             shared rate takes up to ``lease`` slots of the schedule per round
             trip and hands them out locally. The rate still holds; a leased
-            token expires ``lease`` intervals after it became due.
+            token expires ``lease`` intervals after it became due. At most 10000.
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set). Every process on a
