@@ -22,6 +22,7 @@ the price of a cluster (about twice the plain wire's client time).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -167,11 +168,32 @@ class ClusterWire:
 
 
 class AsyncClusterWire(ClusterWire):
-    """Runs ``EVALSHA`` through a ``redis.asyncio.cluster.RedisCluster``, on the node of the key's slot."""
+    """Runs ``EVALSHA`` through a ``redis.asyncio.cluster.RedisCluster``, on the node of the key's slot.
+
+    The first command runs alone: redis-py's asyncio cluster client (8.1) drops
+    connections it opens while concurrent first commands set it up ("Connection
+    closed by server"), which its own retries would hide and the bucket's
+    no-retry client does not.
+    """
+
+    def __init__(self, client: Any, key: str) -> None:
+        super().__init__(client, key)
+        #: True once one command has run (whatever it answered).
+        self._warm = False
+        #: Held by the first command; the calls arriving meanwhile wait for it.
+        self._first = asyncio.Lock()
 
     async def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
         """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
-        return await self.client.execute_command("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args)
+        command = ("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args)
+        if not self._warm:
+            async with self._first:
+                if not self._warm:
+                    try:
+                        return await self.client.execute_command(*command)
+                    finally:
+                        self._warm = True
+        return await self.client.execute_command(*command)
 
     async def load(self, source: str) -> None:  # type: ignore[override]
         """``SCRIPT LOAD`` the script on the node holding the key."""

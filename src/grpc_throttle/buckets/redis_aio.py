@@ -136,12 +136,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         self._wire: AsyncWire | AsyncClusterWire
         if cluster:
             self._cluster = True
-            # One immediate retry: redis-py's asyncio cluster client (8.1) loses fresh
-            # connections in their handshake under concurrent calls ("Connection closed by
-            # server") and counts on its retries to hide that. A node really down costs
-            # twice the timeout once, then the breaker skips it.
-            once = Retry(NoBackoff(), 1)
-            kwargs = cluster_kwargs(client, client.connection_kwargs, settings.timeout, once)
+            kwargs = cluster_kwargs(client, client.connection_kwargs, settings.timeout, retry)
             nodes = [ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
             self._redis = RedisCluster(startup_nodes=nodes, **kwargs)
             self._wire = AsyncClusterWire(self._redis, self._key)
