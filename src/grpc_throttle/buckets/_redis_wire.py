@@ -17,7 +17,8 @@ before it is raised, as redis-py does.
 On Redis Cluster (:class:`ClusterWire`, :class:`AsyncClusterWire`) the command
 goes through the cluster client instead, which finds the node holding the
 key's slot and follows ``MOVED`` and ``ASK`` when slots move; that layer is
-the price of a cluster (about twice the plain wire's client time).
+the price of a cluster (one loopback run, interleaved rounds, medians: 94 vs
+86 µs per reserve sync, 114 vs 88 µs asyncio, on a busy 2-core machine).
 """
 
 from __future__ import annotations
