@@ -11,13 +11,15 @@ PYTHON=${PYTHON:-python3}
 # The Redis bucket's tests run against a real redis-server. Install Debian's
 # package when it is missing and we may (root with apt-get); elsewhere the
 # Redis tests skip, except under CI=true where they fail instead.
-if ! command -v redis-server >/dev/null 2>&1; then
+# The Redis Cluster tests also need redis-cli (Debian's redis-tools, which
+# redis-server depends on) to join the nodes into a cluster.
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing redis-server (apt-get)"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
   else
-    echo "scripts/test.sh: redis-server not found; install it (e.g. apt-get install redis-server) to run the Redis tests" >&2
+    echo "scripts/test.sh: redis-server or redis-cli not found; install them (e.g. apt-get install redis-server) to run the Redis tests" >&2
   fi
 fi
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.drivers import SYNC_DRIVERS
-from tests.redis_server import RedisServer, require_redis
+from tests.redis_server import RedisCluster, RedisServer, require_redis
 from tests.scripted import AioEchoServer, EchoServer
 
 #: gRPC's interop code is run by test_interop.py; its generated test_pb2*.py are not test modules.
@@ -45,6 +45,14 @@ def redis_server() -> Iterator[RedisServer]:
     require_redis()
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A real Redis Cluster of three masters for the whole session (redis-cli creates it)."""
+    require_redis(cluster=True)
+    with RedisCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

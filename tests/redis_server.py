@@ -16,14 +16,20 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["RedisServer", "redis_server_binary", "require_redis"]
+__all__ = ["RedisCluster", "RedisServer", "redis_cli_binary", "redis_server_binary", "require_redis"]
 
 
 def redis_server_binary() -> str | None:
     """Path of ``redis-server`` on PATH, or None."""
     return shutil.which("redis-server")
+
+
+def redis_cli_binary() -> str | None:
+    """Path of ``redis-cli`` on PATH (Debian's redis-tools, which redis-server depends on), or None."""
+    return shutil.which("redis-cli")
 
 
 def _free_port() -> int:
@@ -38,14 +44,19 @@ class RedisServer:
     Args:
         binary: Path of ``redis-server``; found on PATH by default.
         startup_timeout: Seconds to wait for the server to answer PING.
+        extra_args: More ``redis-server`` arguments.
     """
 
-    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self, binary: str | None = None, *, startup_timeout: float = 10.0, extra_args: Sequence[str] = ()
+    ) -> None:
         found = binary or redis_server_binary()
         if found is None:
             raise FileNotFoundError("redis-server is not on PATH")
         self.binary = found
         self.startup_timeout = startup_timeout
+        #: More redis-server arguments, e.g. ("--requirepass", "pw") or ("--replicaof", host, port).
+        self.extra_args = tuple(extra_args)
         self.port = _free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="grpc-throttle-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -64,7 +75,7 @@ class RedisServer:
             return
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
-        args += ["--daemonize", "no", "--loglevel", "warning"]
+        args += ["--daemonize", "no", "--loglevel", "warning", *self.extra_args]
         deadline = time.monotonic() + self.startup_timeout
         while True:
             self._process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -109,9 +120,18 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
                 sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # NOAUTH: up, with a password
         except OSError:
             return False
+
+    def command(self, line: bytes, timeout: float = 1.0) -> bytes:
+        """One inline command's raw reply (b"" when the server does not answer)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+                sock.sendall(line + b"\r\n")
+                return sock.recv(65536)
+        except OSError:
+            return b""
 
     def close(self) -> None:
         self.stop()
@@ -130,13 +150,84 @@ class RedisServer:
         self.close()
 
 
-def require_redis() -> None:
-    """Skip (or, under CI=true, fail) the calling test when Redis is not available."""
+class RedisCluster:
+    """A Redis Cluster of three masters (no replicas) on free loopback ports.
+
+    Example:
+        >>> with RedisCluster() as cluster:
+        ...     cluster.startup_nodes  # [("127.0.0.1", port), ...]
+    """
+
+    def __init__(self, masters: int = 3, *, startup_timeout: float = 30.0) -> None:
+        cli = redis_cli_binary()
+        if cli is None:
+            raise FileNotFoundError("redis-cli is not on PATH")
+        self.cli = cli
+        self.startup_timeout = startup_timeout
+        cluster_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        # The bus port defaults to port + 10000, past 65535 for many free ports: pick it too.
+        #: The masters, one redis-server each.
+        self.nodes = [
+            RedisServer(extra_args=(*cluster_args, "--cluster-port", str(_free_port()))) for _ in range(masters)
+        ]
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", node.port) for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A URL of one node, as ``redis.cluster.RedisCluster.from_url`` takes it."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start the nodes, join them into one cluster and wait for ``cluster_state:ok`` on each."""
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *addresses, "--cluster-yes"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=self.startup_timeout,
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while not all(b"cluster_state:ok" in node.command(b"CLUSTER INFO") for node in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def require_redis(*, cluster: bool = False) -> None:
+    """Skip (or, under CI=true, fail) the calling test when Redis (and redis-cli for a cluster) is missing."""
     import pytest  # here, so that the benchmarks can use this module without pytest
 
     missing = []
     if redis_server_binary() is None:
         missing.append("redis-server is not on PATH")
+    if cluster and redis_cli_binary() is None:
+        missing.append("redis-cli is not on PATH")
     try:
         import redis  # noqa: F401
     except ImportError:

@@ -398,16 +398,47 @@ def test_a_key_of_the_wrong_type_is_a_clear_error(
         ({"key": 42}, "key must be a non-empty str"),
         ({"local_share": 2}, "local_share"),
         ({"timeout": 0}, "timeout"),
+        ({"timeout": 1e10}, r"timeout must be a number in \(0, 86400\], got 10000000000\.0"),  # no socket takes it
         ({"lease": 0}, "lease"),
+        ({"lease": 10**6}, r"lease must be a whole number in \[1, 10000\]"),
+        ({"rate": 1e-9}, r"rate must be a number in \[4e-09, 1e\+12\]"),  # its fallback's 1/4 would be too slow
+        ({"rate": 1e-9, "local_share": 1.0}, None),
+        ({"capacity": 1e12 + 1}, r"capacity must be a number in \[1, 1e\+12\]"),
     ],
 )
-def test_bad_arguments_name_what_is_wrong(kwargs: dict[str, Any], match: str) -> None:
+def test_bad_arguments_name_what_is_wrong(kwargs: dict[str, Any], match: str | None) -> None:
+    if match is None:  # the edge of the range is accepted
+        RedisTokenBucket(redis.Redis(), **{"key": "k", "rate": 10, **kwargs}).close()
+        return
     with pytest.raises(ValueError, match=match):
         RedisTokenBucket(redis.Redis(), **{"key": "k", "rate": 10, **kwargs})
 
 
+def test_a_rate_set_later_is_held_to_the_same_range() -> None:
+    bucket = RedisTokenBucket(redis.Redis(), key="k", rate=10)
+    with pytest.raises(ValueError, match=r"rate must be a number in \[4e-09, 1e\+12\].*got 1e-09"):
+        bucket.rate = 1e-9
+    with pytest.raises(ValueError, match=r"effective rate must be a number in \[4e-09"):
+        bucket.set_effective_rate(1e-9)
+    assert bucket.rate == 10
+    bucket.close()
+
+
+def test_the_extremes_of_every_range_work_against_redis(make: Make, redis_client: Any) -> None:
+    # The largest burst at the slowest rate: the key's TTL would be ~1e24 ms, past what PEXPIRE takes.
+    bucket = make(rate=4e-9, capacity=1e12, timeout=86_400, lease=10_000, cooldown=1e12)
+    assert isinstance(bucket.reserve(), RedisReservation)
+    assert isinstance(bucket.reserve(max_wait=0), RedisReservation)  # a burst of 1e12: still tokens
+    assert 0 < redis_client.pttl(bucket.key) <= 10**15
+    bucket.set_effective_rate(4e-9)
+    assert bucket.available() > 0 and bucket.shared
+    fast = make(rate=1e12, capacity=1, key=bucket.key + "-fast")
+    assert all(isinstance(fast.reserve(), RedisReservation) for _ in range(3))
+    assert redis_client.pttl(fast.key) > 0
+
+
 def test_a_client_that_is_not_a_sync_redis_client_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"client must be a redis\.Redis, got str"):
+    with pytest.raises(ValueError, match=r"client must be a redis\.Redis or redis\.cluster\.RedisCluster, got str"):
         RedisTokenBucket("redis://localhost", key="k", rate=1)
     with pytest.raises(ValueError, match="redis_aio"):
         RedisTokenBucket(redis.asyncio.Redis(), key="k", rate=1)

@@ -22,6 +22,7 @@ from ._cubic import AdaptiveRate
 from ._lease import LeasePool, Slot
 from ._redis_adapt import FallbackRound, SharedAdaptation, SharedCurve
 from ._redis_config import Settings
+from ._redis_errors import Verdict
 from .local import Reservation, TokenBucket
 
 #: Extra tokens value meaning "the caller's deadline cannot be met".
@@ -108,6 +109,8 @@ class RedisBucketBase(SharedAdaptation):
     """State and logic shared by the sync and asyncio ``RedisTokenBucket``."""
 
     _logger = logging.getLogger(__name__)
+    #: True when the bucket talks through a Redis Cluster client (see _redis_errors.classify).
+    _cluster = False
 
     def __init__(
         self, settings: Settings, rate: float, clock: Callable[[], float], adaptive: AdaptiveRate | None
@@ -115,13 +118,13 @@ class RedisBucketBase(SharedAdaptation):
         if adaptive is not None and not isinstance(adaptive, AdaptiveRate):
             raise ValueError(f"adaptive must be an AdaptiveRate or None, got {adaptive!r}")
         #: The configured rate, tokens per second (this process's).
-        self._rate = _checks.positive("rate", rate)
+        self._rate = settings.check_rate("rate", rate)
         #: Fixed configuration.
         self._settings = settings
         #: The Redis key of the bucket's hash.
         self._key = settings.redis_key
         #: The cancelled reservations waiting for the tail to reach them (see lua/cancel.lua).
-        self._holes_key = settings.redis_key + ":holes"
+        self._holes_key = settings.holes_key
         #: The rate and capacity as sent to the scripts.
         self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
         #: The reserve script's arguments in the common case (one token, no limit,
@@ -161,6 +164,10 @@ class RedisBucketBase(SharedAdaptation):
         self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
         #: Cuts of the shared rate seen in replies (or made here) so far.
         self._cuts_seen = 0
+        #: What to fix, for the last outage that a setup mistake causes too (READONLY).
+        self._fix = ""
+        #: Those fixes logged at ERROR already: once per bucket each.
+        self._fixes_logged: set[str] = set()
 
     def _renew_locks(self) -> None:
         """In a forked child: fresh locks (the curve shares the bucket's)."""
@@ -175,7 +182,7 @@ class RedisBucketBase(SharedAdaptation):
 
     @rate.setter
     def rate(self, value: float) -> None:
-        value = _checks.positive("rate", value)
+        value = self._settings.check_rate("rate", value)
         self._rate, self._rate_arg = value, repr(value)
         self._plain_args = (self._rate_arg.encode(), self._capacity_arg.encode())
         self._local.rate = value * self._settings.local_share
@@ -221,7 +228,7 @@ class RedisBucketBase(SharedAdaptation):
         self._view.notify(old)
 
     def _set_pending(self, value: float, reason: str | None = None) -> float:
-        value = min(_checks.positive("effective rate", value), self._rate)
+        value = min(self._settings.check_rate("effective rate", value), self._rate)
         with self._lock:
             self._pending_eff = value
             old = self._view.set(value)
@@ -338,10 +345,37 @@ class RedisBucketBase(SharedAdaptation):
         return self._local.available() if self._settings.on_failure == "local" else self.capacity
 
     def _unavailable(self) -> BucketUnavailableError:
+        fix = f"; if it persists: {self._fix}" if self._fix else ""
         return BucketUnavailableError(
             f"Redis bucket {self.key!r} is unavailable "
-            f"({self._breaker.last_error or 'breaker open'}) and on_failure='fail'"
+            f"({self._breaker.last_error or 'breaker open'}) and on_failure='fail'{fix}"
         )
+
+    def _judge(self, error: Exception, verdict: Verdict) -> None:
+        """Act on an error the script call raised, as ``verdict`` (``_redis_errors``) says.
+
+        Returns for an outage (the breaker opens: the caller falls back) and
+        for a full pool (no verdict on Redis); raises for a mistake, with
+        what to fix, and re-raises an unknown error. "refused" is the
+        caller's: it looks at the key first (see _store_error).
+        """
+        if verdict.kind == "outage":
+            self._fix = verdict.fix
+            if verdict.fix and verdict.fix not in self._fixes_logged:
+                self._fixes_logged.add(verdict.fix)  # once: on_failure hides the rest
+                self._logger.error("Redis bucket %r: %s (%s: %s)", self.key, verdict.fix, type(error).__name__, error)
+            self._breaker.failed(error)
+            return
+        if verdict.kind == "full":
+            self._breaker.abandoned()
+            return
+        if verdict.kind == "mistake":
+            self._breaker.succeeded()  # Redis answered: the setup is wrong, not Redis down
+            raise BucketUnavailableError(
+                f"Redis bucket {self.key!r}: {verdict.fix} ({type(error).__name__}: {error})"
+            ) from None
+        self._breaker.abandoned()  # not the client's error: a bug, no verdict on Redis
+        raise error
 
     def _store_error(self, error: Exception, key_type: str | None) -> BucketUnavailableError:
         if key_type and key_type not in ("hash", "none"):

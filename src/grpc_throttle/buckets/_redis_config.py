@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-from redis import exceptions as redis_errors
-
 from .. import _checks
 
 #: Prefix of every Redis key grpc-throttle writes.
 KEY_PREFIX = "grpc-throttle:"
+#: The longest ``timeout`` accepted, seconds: a Redis round trip, not a wait (a
+#: socket takes at most ~9.2e9 s, and a longer value failed at the first call).
+MAX_TIMEOUT = 86_400.0
+#: The largest ``lease`` accepted: slots leased per round trip, each held in memory.
+MAX_LEASE = 10_000
 #: What a bucket does while Redis is unreachable (see RedisTokenBucket).
 FailurePolicy = Literal["local", "allow", "fail"]
 _POLICIES = ("local", "allow", "fail")
@@ -70,20 +73,58 @@ def pool_kwargs(pool: Any, timeout: float, retry: Any) -> dict[str, Any]:
     return kwargs
 
 
-def is_outage(error: Exception) -> bool:
-    """True when ``error`` means "Redis is unreachable or unable for now".
+#: The settings of a cluster client's connections a bucket's own cluster client keeps
+#: (credentials, TLS, encoding); addresses, timeouts, retries and pools are its own.
+_CLUSTER_SETTINGS = frozenset(
+    {
+        "username",
+        "password",
+        "credential_provider",
+        "client_name",
+        "encoding",
+        "encoding_errors",
+        "decode_responses",
+        "health_check_interval",
+        "socket_keepalive",
+        "socket_keepalive_options",
+        "socket_read_size",
+        "protocol",
+        "ssl",
+        "ssl_keyfile",
+        "ssl_certfile",
+        "ssl_cert_reqs",
+        "ssl_ca_certs",
+        "ssl_ca_data",
+        "ssl_check_hostname",
+        "ssl_min_version",
+        "ssl_ciphers",
+    }
+)
 
-    Outages go to the failure policy; anything else Redis answers (a key of
-    the wrong type, a missing ACL permission, a wrong password) is a setup
-    mistake that waiting will not fix, so it is raised.
+
+def cluster_kwargs(client: Any, stored: dict[str, Any], timeout: float, retry: Any) -> dict[str, Any]:
+    """Arguments of a bucket's own Redis Cluster client, like ``pool_kwargs`` for one node.
+
+    Args:
+        client: The caller's ``RedisCluster`` (sync or asyncio): its known nodes seed the new one.
+        stored: Its connection settings (``nodes_manager.connection_kwargs`` in sync
+            redis-py, ``connection_kwargs`` in asyncio).
+        timeout: The bucket's timeout; ``retry``: none (see pool_kwargs).
     """
-    if isinstance(error, (redis_errors.AuthenticationError, redis_errors.MaxConnectionsError)):
-        return False  # a setup mistake, or a full pool: Redis itself answers
-    transient = (redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError)
-    if isinstance(error, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError, *transient)):
-        return True
-    first = str(error).split(" ", 1)[0]
-    return first in ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY", "NOREPLICAS")
+    kwargs = {k: v for k, v in stored.items() if k in _CLUSTER_SETTINGS}
+    if getattr(stored.get("connection_class"), "__name__", "") == "SSLConnection":
+        kwargs["ssl"] = True  # asyncio keeps TLS as the connection class
+    seeds = getattr(client, "startup_nodes", None) or getattr(client.nodes_manager, "startup_nodes", None)
+    known = [*client.get_nodes(), *(seeds.values() if isinstance(seeds, dict) else seeds or ())]
+    addresses = list(dict.fromkeys((node.host, int(node.port)) for node in known))
+    kwargs.update(
+        addresses=addresses,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=retry,
+        max_connections=POOL_SIZE,
+    )
+    return kwargs
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,11 +147,52 @@ class Settings:
             raise ValueError(f"on_failure must be one of {_POLICIES}, got {self.on_failure!r}")
         if _checks.positive("local_share", self.local_share) > 1:
             raise ValueError(f"local_share must be in (0, 1], got {self.local_share!r}")
-        _checks.positive("timeout", self.timeout)
+        _checks.bounded("timeout", self.timeout, 0, MAX_TIMEOUT)
         _checks.non_negative("cooldown", self.cooldown)
-        _checks.whole("lease", self.lease, 1)
+        if _checks.whole("lease", self.lease, 1) > MAX_LEASE:
+            raise ValueError(f"lease must be a whole number in [1, {MAX_LEASE}], got {self.lease!r}")
+        if not _has_hash_tag(self.redis_key) and "}" in self.redis_key:
+            raise ValueError(
+                f"key {self.key!r} has a '}}' but no hash tag, so its keys cannot share one Redis Cluster "
+                "slot: drop the braces, or use a whole tag such as 'team-{a}'"
+            )
+
+    @property
+    def min_rate(self) -> float:
+        """The slowest rate a bucket can run at: its fallback's share of it must be a valid rate too."""
+        return _checks.SMALLEST / self.local_share
+
+    def check_rate(self, name: str, value: object) -> float:
+        """``value`` as a rate (the configured or an effective one), or ValueError naming ``name`` and the range."""
+        number = _checks._number(name, value)
+        if not (number * self.local_share >= _checks.SMALLEST and number <= _checks.LARGEST):  # NaN fails too
+            raise ValueError(
+                f"{name} must be a number in [{self.min_rate:g}, {_checks.LARGEST:g}] "
+                f"(local_share={self.local_share:g} of it goes to the fallback), got {value!r}"
+            )
+        return number
 
     @property
     def redis_key(self) -> str:
-        """The Redis key of the bucket's hash."""
+        """The Redis key of the bucket's hash (unchanged since v0.1, so upgrades keep the schedule)."""
         return KEY_PREFIX + self.key
+
+    @property
+    def holes_key(self) -> str:
+        """The key of the cancelled reservations (see lua/cancel.lua), in the hash's cluster slot.
+
+        Every script's keys must share a slot on Redis Cluster. The hash's own
+        name stays as it was; a name without a hash tag is hashed whole, so
+        putting that whole name in braces gives the holes the same slot:
+        ``grpc-throttle:k`` and ``{grpc-throttle:k}:holes``. A key with a tag
+        of its own (``team-{a}``) keeps it: ``grpc-throttle:team-{a}:holes``.
+        """
+        key = self.redis_key
+        return key + ":holes" if _has_hash_tag(key) else "{" + key + "}:holes"
+
+
+def _has_hash_tag(key: str) -> bool:
+    """True when Redis Cluster hashes only part of ``key``: a non-empty ``{...}``, the first ``{`` deciding."""
+    start = key.find("{")
+    end = key.find("}", start + 1) if start >= 0 else -1
+    return end > start + 1

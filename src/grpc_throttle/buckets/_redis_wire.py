@@ -13,17 +13,24 @@ Errors mean what they mean in redis-py: an error reply (``NOSCRIPT``, a key
 of the wrong type) is raised as redis-py raises it and the connection stays
 usable; anything else (timeout, reset, cancellation) drops the connection
 before it is raised, as redis-py does.
+
+On Redis Cluster (:class:`ClusterWire`, :class:`AsyncClusterWire`) the command
+goes through the cluster client instead, which finds the node holding the
+key's slot and follows ``MOVED`` and ``ASK`` when slots move; that layer is
+the price of a cluster (one loopback run, interleaved rounds, medians: 94 vs
+86 µs per reserve sync, 114 vs 88 µs asyncio, on a busy 2-core machine).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
 
-__all__ = ["AsyncWire", "Wire"]
+__all__ = ["AsyncClusterWire", "AsyncWire", "ClusterWire", "Wire"]
 
 #: Packed commands kept per wire (the common arguments change only with the rate).
 _CACHE_SIZE = 16
@@ -86,6 +93,20 @@ class Wire(_Packer):
         finally:
             self.pool.release(conn)
 
+    def load(self, source: str) -> None:
+        """``SCRIPT LOAD`` the script ``source``."""
+        conn = self.pool.get_connection(*self.connection_args)
+        try:
+            conn.send_command("SCRIPT", "LOAD", source)
+            conn.read_response()
+        except redis_errors.ResponseError:
+            raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            self.pool.release(conn)
+
 
 class AsyncWire(_Packer):
     """Runs ``EVALSHA`` on a connection of a ``redis.asyncio.ConnectionPool``.
@@ -108,3 +129,75 @@ class AsyncWire(_Packer):
             raise
         finally:
             await self.pool.release(conn)
+
+    async def load(self, source: str) -> None:
+        """``SCRIPT LOAD`` the script ``source``."""
+        conn = await self.pool.get_connection(*self.connection_args)
+        try:
+            await conn.send_command("SCRIPT", "LOAD", source)
+            await conn.read_response()
+        except redis_errors.ResponseError:
+            raise
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        finally:
+            await self.pool.release(conn)
+
+
+class ClusterWire:
+    """Runs ``EVALSHA`` through a sync ``redis.cluster.RedisCluster``, on the node of the key's slot.
+
+    Example:
+        >>> wire = ClusterWire(redis.cluster.RedisCluster(), "grpc-throttle:k")  # doctest: +SKIP
+        >>> wire.evalsha(sha, ("10.0", "1.0"))  # doctest: +SKIP
+    """
+
+    def __init__(self, client: Any, key: str) -> None:
+        #: The bucket's own cluster client.
+        self.client = client
+        #: The bucket's Redis key; every key sent lies in its slot.
+        self.key = key
+
+    def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
+        return self.client.execute_command("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args)
+
+    def load(self, source: str) -> None:
+        """``SCRIPT LOAD`` the script on the node holding the key (not every primary: one may be down)."""
+        self.client.execute_command("SCRIPT LOAD", source, target_nodes=self.client.get_node_from_key(self.key))
+
+
+class AsyncClusterWire(ClusterWire):
+    """Runs ``EVALSHA`` through a ``redis.asyncio.cluster.RedisCluster``, on the node of the key's slot.
+
+    The first command runs alone: redis-py's asyncio cluster client (8.1) drops
+    connections it opens while concurrent first commands set it up ("Connection
+    closed by server"), which its own retries would hide and the bucket's
+    no-retry client does not.
+    """
+
+    def __init__(self, client: Any, key: str) -> None:
+        super().__init__(client, key)
+        #: True once one command has run (whatever it answered).
+        self._warm = False
+        #: Held by the first command; the calls arriving meanwhile wait for it.
+        self._first = asyncio.Lock()
+
+    async def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
+        command = ("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args)
+        if not self._warm:
+            async with self._first:
+                if not self._warm:
+                    try:
+                        return await self.client.execute_command(*command)
+                    finally:
+                        self._warm = True
+        return await self.client.execute_command(*command)
+
+    async def load(self, source: str) -> None:  # type: ignore[override]
+        """``SCRIPT LOAD`` the script on the node holding the key."""
+        if not self.client.get_nodes():  # the slots are learnt on first use
+            await self.client.initialize()
+        await self.client.execute_command("SCRIPT LOAD", source, target_nodes=self.client.get_node_from_key(self.key))

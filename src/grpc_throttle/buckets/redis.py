@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from ..errors import BucketUnavailableError
@@ -27,12 +28,13 @@ from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReserv
 from ._redis_config import (
     FailurePolicy,
     Settings,
+    cluster_kwargs,
     hashed_key,
-    is_outage,
     pool_kwargs,
     redact_url,
 )
-from ._redis_wire import Wire
+from ._redis_errors import classify
+from ._redis_wire import ClusterWire, Wire
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -80,27 +82,35 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
       the retry policy still apply).
     * ``"fail"``: raise :class:`~grpc_throttle.errors.BucketUnavailableError`.
 
-    A key holding another Redis type, or Redis refusing the script (ACL, wrong
-    password), is a setup mistake rather than an outage: it raises
-    ``BucketUnavailableError`` whatever the policy.
+    Errors are told apart by class (``_redis_errors``). A setup mistake is not
+    an outage: a wrong password, a missing ACL permission, a certificate that
+    does not verify, a plain client on the wrong node of a cluster, or a key
+    holding another Redis type raises ``BucketUnavailableError`` saying what
+    to fix, whatever the policy. ``READONLY`` (a replica) goes to the policy,
+    as a failover causes it for a moment too, and is logged at ERROR once.
 
     Args:
-        client: A ``redis.Redis``. The bucket uses its connection settings with
-            its own pool, ``timeout`` and no retries; the client is unchanged.
+        client: A ``redis.Redis``, or a ``redis.cluster.RedisCluster`` for
+            Redis Cluster (the bucket's keys share one slot). The bucket uses
+            its connection settings with its own connections, ``timeout`` and
+            no retries; the client is unchanged.
         key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
             derive it from a token: key names are visible to anyone who can
             list keys.
-        rate: Tokens added per second, for all processes together.
-        capacity: The most tokens held (the largest burst). Defaults to 1.
+        rate: Tokens added per second, for all processes together; at least
+            1e-9 / ``local_share``, so that the fallback's share is a rate too.
+        capacity: The most tokens held (the largest burst), in [1, 1e12].
+            Defaults to 1.
         on_failure: ``"local"``, ``"allow"`` or ``"fail"`` (see above).
         local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
             the local fallback bucket gets.
-        timeout: Seconds a Redis call may take before it counts as down.
+        timeout: Seconds a Redis call may take before it counts as down, at
+            most 86400 (a socket takes no more than ~9.2e9).
         cooldown: Seconds to stay away from Redis after a failure.
         lease: With ``lease > 1``, a process calling faster than half the
             shared rate takes up to ``lease`` slots of the schedule per round
             trip and hands them out locally. The rate still holds; a leased
-            token expires ``lease`` intervals after it became due.
+            token expires ``lease`` intervals after it became due. At most 10000.
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set). Every process on a
@@ -131,13 +141,16 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(client, redis.Redis):
+        cluster = isinstance(client, RedisCluster)
+        if not (cluster or isinstance(client, redis.Redis)):
             hint = (
                 "; use grpc_throttle.buckets.redis_aio.RedisTokenBucket for redis.asyncio"
-                if isinstance(client, redis.asyncio.Redis)
+                if isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster))
                 else ""
             )
-            raise ValueError(f"client must be a redis.Redis, got {type(client).__name__}{hint}")
+            raise ValueError(
+                f"client must be a redis.Redis or redis.cluster.RedisCluster, got {type(client).__name__}{hint}"
+            )
         capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
@@ -149,14 +162,24 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             lease=lease,
         )
         super().__init__(settings, rate, clock, adaptive)
-        pool = client.connection_pool
-        kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
-        #: The bucket's own client: the caller's settings, the bucket's timeout.
-        self._redis = redis.Redis(
-            connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
-        #: Runs the scripts on that client's pool (see _redis_wire).
-        self._wire = Wire(self._redis.connection_pool, self._key)
+        retry = Retry(NoBackoff(), 0)
+        #: The bucket's own client: the caller's settings, the bucket's timeout, no retries.
+        self._redis: Any
+        #: Runs the scripts on that client (see _redis_wire).
+        self._wire: Wire | ClusterWire
+        if cluster:
+            self._cluster = True
+            kwargs = cluster_kwargs(client, client.nodes_manager.connection_kwargs, settings.timeout, retry)
+            nodes = [ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
+            self._redis = RedisCluster(startup_nodes=nodes, **kwargs)
+            self._wire = ClusterWire(self._redis, self._key)
+        else:
+            pool = client.connection_pool
+            kwargs = pool_kwargs(pool, settings.timeout, retry)
+            self._redis = redis.Redis(
+                connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            )
+            self._wire = Wire(self._redis.connection_pool, self._key)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
@@ -294,7 +317,10 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     def close(self) -> None:
         """Close the bucket's connections (the client passed in is not touched)."""
-        self._redis.connection_pool.disconnect()
+        if self._cluster:
+            self._redis.close()
+        else:
+            self._redis.connection_pool.disconnect()
 
     # -- Redis -----------------------------------------------------------
 
@@ -304,19 +330,14 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             return _DOWN
         try:
             reply = self._eval(name, args, more_keys)
-        except redis.exceptions.MaxConnectionsError:  # a full pool: no verdict on Redis
-            self._breaker.abandoned()
+        except Exception as error:
+            verdict = classify(error, cluster=self._cluster)
+            if verdict.kind == "refused":
+                self._breaker.succeeded()
+                raise self._store_error(error, self._key_type()) from None
+            self._judge(error, verdict)  # raises, unless Redis is down or the pool full
             return _DOWN
-        except redis.RedisError as error:
-            if is_outage(error):
-                self._breaker.failed(error)
-                return _DOWN
-            self._breaker.succeeded()
-            raise self._store_error(error, self._key_type()) from None
-        except OSError as error:
-            self._breaker.failed(error)
-            return _DOWN
-        except BaseException:  # cancelled, interrupted, or a bug: no verdict on Redis
+        except BaseException:  # cancelled or interrupted: no verdict on Redis
             self._breaker.abandoned()
             raise
         self._breaker.succeeded()
@@ -340,7 +361,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             try:
                 return self._wire.evalsha(SHAS[name], args, more_keys)
             except redis.exceptions.NoScriptError:
-                self._redis.script_load(SCRIPTS[name])
+                self._wire.load(SCRIPTS[name])
         return self._wire.evalsha(SHAS[name], args, more_keys)
 
     def _key_type(self) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -30,12 +31,13 @@ from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReserv
 from ._redis_config import (
     FailurePolicy,
     Settings,
+    cluster_kwargs,
     hashed_key,
-    is_outage,
     pool_kwargs,
     redact_url,
 )
-from ._redis_wire import AsyncWire
+from ._redis_errors import classify
+from ._redis_wire import AsyncClusterWire, AsyncWire
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -58,9 +60,10 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
     :meth:`aclose` replaces ``close``.
 
     Args:
-        client: A ``redis.asyncio.Redis``. The bucket uses its connection
-            settings with its own pool, ``timeout`` and no retries; the client
-            is unchanged.
+        client: A ``redis.asyncio.Redis``, or a
+            ``redis.asyncio.cluster.RedisCluster`` for Redis Cluster. The bucket
+            uses its connection settings with its own connections, ``timeout``
+            and no retries; the client is unchanged.
         key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
             derive it from a token: key names are visible to anyone who can
             list keys.
@@ -104,13 +107,17 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not isinstance(client, aioredis.Redis):
+        cluster = isinstance(client, RedisCluster)
+        if not (cluster or isinstance(client, aioredis.Redis)):
             hint = (
                 "; use grpc_throttle.buckets.redis.RedisTokenBucket for a sync client"
-                if isinstance(client, redis.Redis)
+                if isinstance(client, (redis.Redis, redis.cluster.RedisCluster))
                 else ""
             )
-            raise ValueError(f"client must be a redis.asyncio.Redis, got {type(client).__name__}{hint}")
+            raise ValueError(
+                f"client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster, "
+                f"got {type(client).__name__}{hint}"
+            )
         capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
@@ -122,14 +129,24 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             lease=lease,
         )
         super().__init__(settings, rate, clock, adaptive)
-        pool = client.connection_pool
-        kwargs = pool_kwargs(pool, settings.timeout, Retry(NoBackoff(), 0))
-        #: The bucket's own client: the caller's settings, the bucket's timeout.
-        self._redis = aioredis.Redis(
-            connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        )
-        #: Runs the scripts on that client's pool (see _redis_wire).
-        self._wire = AsyncWire(self._redis.connection_pool, self._key)
+        retry = Retry(NoBackoff(), 0)
+        #: The bucket's own client: the caller's settings, the bucket's timeout, no retries.
+        self._redis: Any
+        #: Runs the scripts on that client (see _redis_wire).
+        self._wire: AsyncWire | AsyncClusterWire
+        if cluster:
+            self._cluster = True
+            kwargs = cluster_kwargs(client, client.connection_kwargs, settings.timeout, retry)
+            nodes = [ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
+            self._redis = RedisCluster(startup_nodes=nodes, **kwargs)
+            self._wire = AsyncClusterWire(self._redis, self._key)
+        else:
+            pool = client.connection_pool
+            kwargs = pool_kwargs(pool, settings.timeout, retry)
+            self._redis = aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            )
+            self._wire = AsyncWire(self._redis.connection_pool, self._key)
         #: Cancellations and adaptation updates in flight; held so they are not garbage-collected.
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -286,7 +303,8 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._redis.aclose()
-        await self._redis.connection_pool.disconnect()
+        if not self._cluster:
+            await self._redis.connection_pool.disconnect()
 
     # -- Redis -----------------------------------------------------------
 
@@ -296,19 +314,14 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             return _DOWN
         try:
             reply = await self._eval(name, args, more_keys)
-        except redis.exceptions.MaxConnectionsError:  # a full pool: no verdict on Redis
-            self._breaker.abandoned()
+        except Exception as error:
+            verdict = classify(error, cluster=self._cluster)
+            if verdict.kind == "refused":
+                self._breaker.succeeded()
+                raise self._store_error(error, await self._key_type()) from None
+            self._judge(error, verdict)  # raises, unless Redis is down or the pool full
             return _DOWN
-        except redis.RedisError as error:
-            if is_outage(error):
-                self._breaker.failed(error)
-                return _DOWN
-            self._breaker.succeeded()
-            raise self._store_error(error, await self._key_type()) from None
-        except (OSError, asyncio.TimeoutError) as error:  # distinct classes on Python 3.10
-            self._breaker.failed(error)
-            return _DOWN
-        except BaseException:  # cancelled, interrupted, or a bug: no verdict on Redis
+        except BaseException:  # cancelled or interrupted: no verdict on Redis
             self._breaker.abandoned()
             raise
         self._breaker.succeeded()
@@ -323,7 +336,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             try:
                 return await self._wire.evalsha(SHAS[name], args, more_keys)
             except redis.exceptions.NoScriptError:
-                await self._redis.script_load(SCRIPTS[name])
+                await self._wire.load(SCRIPTS[name])
         return await self._wire.evalsha(SHAS[name], args, more_keys)
 
     async def _key_type(self) -> str | None:

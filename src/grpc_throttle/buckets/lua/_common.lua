@@ -21,6 +21,7 @@
 -- Numbers go out as strings: Redis would truncate Lua numbers to integers.
 
 local EPS = 1e-3 -- microseconds; _gcra.EPSILON is 1e-9 s
+local MAX_TTL_MS = 1e15 -- ~31,700 years: longer than any key needs to live
 
 local function fmt(x)
   return string.format('%.17g', x)
@@ -140,7 +141,9 @@ local function store(key, s, now, capacity)
   end
   redis.call('HSET', key, unpack(fields))
   if exp then
-    redis.call('PEXPIRE', key, math.ceil((exp - now) / 1000))
+    -- At most MAX_TTL_MS: a huge capacity at a tiny rate would ask for more
+    -- than PEXPIRE takes (and '%.17g' writes 1e17 and up with an exponent).
+    redis.call('PEXPIRE', key, string.format('%.0f', math.min(math.ceil((exp - now) / 1000), MAX_TTL_MS)))
   end
 end
 

@@ -9,12 +9,15 @@
 -- ARGV[1]  the reservation's start, ARGV[2] its end (microseconds)
 -- ARGV[3]  the epoch it was made in, ARGV[4] when it becomes due (microseconds)
 -- Returns 1 when tokens went back, else 0.
--- Holes are of the epoch in 'hep': a change of rate moves every slot, so
+-- Holes are of the epoch in 'hse': a change of rate moves every slot, so
 -- holes of another epoch are dropped rather than given back at the wrong
 -- place; so are holes whose end has passed (nothing left to give back). The
--- set expires with the bucket.
+-- set expires with the bucket. (0.1 kept its holes in 'key:holes' with their
+-- epoch in 'hep'; the set moved into the hash's cluster slot, and its epoch got
+-- a field of its own, so that a 0.1 process during a rolling upgrade can never
+-- vouch for holes it did not write.)
 local key, holes = KEYS[1], KEYS[2]
-local st = redis.call('HMGET', key, 'tat', 'ep', 'iv', 'hep')
+local st = redis.call('HMGET', key, 'tat', 'ep', 'iv', 'hse')
 local tat, ep = tonumber(st[1]), tonumber(st[2])
 if not tat or ep ~= tonumber(ARGV[3]) then
   return 0
@@ -41,7 +44,7 @@ if math.abs(stop - tat) > tol then
       redis.call('PEXPIRE', holes, ttl)
     end
     if not fresh then
-      redis.call('HSET', key, 'hep', fmt(ep))
+      redis.call('HSET', key, 'hse', fmt(ep))
     end
   end
   return 0
