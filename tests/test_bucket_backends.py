@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
@@ -31,7 +32,9 @@ from tests.scripted import ECHO_POLICY
 
 #: Every bucket backend; each test below runs once per entry. The asyncio
 #: bucket runs behind the sync interface (tests.loop_bucket).
-BACKENDS = ["local", "redis", "redis-cluster", "redis-cluster-aio"]
+BACKENDS = ["local", "redis", "redis-aio", "redis-cluster", "redis-cluster-aio"]
+#: The backends with a sync interface of their own.
+SYNC_BACKENDS = [b for b in BACKENDS if not b.endswith("-aio")]
 #: Recovers in well under a second.
 FAST = AdaptiveRate(beta=0.5, scale=50.0, probe_time=1.0)
 
@@ -44,7 +47,7 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
     """A factory of buckets of one backend: ``make(rate=..., capacity=..., adaptive=...)``."""
     made: list[RedisTokenBucket | LoopBucket] = []
     backend = request.param
-    if backend == "redis":
+    if backend in ("redis", "redis-aio"):
         url = request.getfixturevalue("redis_server").url
     elif backend.startswith("redis-cluster"):
         url = request.getfixturevalue("redis_cluster").url
@@ -58,6 +61,11 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
             return TokenBucket(**{k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive")})
         if backend == "redis":
             bucket = RedisTokenBucket.from_url(url, **kwargs)
+        elif backend == "redis-aio":
+            bucket = LoopBucket(
+                lambda: redis.asyncio.Redis.from_url(url),
+                lambda client: AsyncRedisTokenBucket(client, **kwargs),
+            )
         elif backend == "redis-cluster":
             client = redis.cluster.RedisCluster.from_url(url)
             clients.append(client)
@@ -141,11 +149,10 @@ def test_the_rate_can_change_live(make: Make) -> None:
     assert bucket.rate == bucket.effective_rate == 4
 
 
+@pytest.mark.parametrize("make", SYNC_BACKENDS, indirect=True)  # the sync interceptor takes a sync bucket
 def test_a_cut_re_spaces_the_calls_an_interceptor_has_waiting(make: Make, echo_server: Any) -> None:
     # Six calls queued at 20/s (0.25 s in all); a cut to 5/s spreads them over about 1 s.
     bucket = make(rate=20)
-    if isinstance(bucket, LoopBucket):
-        pytest.skip("the sync interceptor takes a sync bucket")
     interceptor = ThrottlingInterceptor(bucket, throttle=ECHO_POLICY)
     channel = ThrottledChannel(grpc.insecure_channel(echo_server.target), interceptor)
     grpc.channel_ready_future(channel).result(timeout=10)
