@@ -8,7 +8,11 @@ Usage:
     python scripts/gen_protos.py          # write the generated files
     python scripts/gen_protos.py --check  # fail (exit 1) if they are stale
 
-Needs grpcio-tools (the ``dev`` extra), pinned so that the output is stable.
+Needs exactly grpcio-tools 1.62.3 (``TOOLS``), in an environment of its own
+(it wants protobuf < 5): ``scripts/test.sh`` makes one. Its protobuf gencode
+(4.25) carries no runtime-version check and loads on protobuf 4.25 to 7.x, so
+the generated code sets no floor on the users' protobuf; newer grpcio-tools
+would (gencode refuses a runtime older than itself).
 """
 
 from __future__ import annotations
@@ -26,8 +30,23 @@ SETS = (
 )
 
 
+#: The one grpcio-tools that generates the checked-in code.
+TOOLS = "1.62.3"
+
+
 def generate(out_root: Path) -> list[Path]:
     """Write every set's generated files under ``out_root``; their paths relative to it."""
+    import importlib.metadata
+
+    try:
+        found = importlib.metadata.version("grpcio-tools")
+    except importlib.metadata.PackageNotFoundError:
+        found = "none"
+    if found != TOOLS:
+        raise SystemExit(
+            f"gen_protos: needs grpcio-tools=={TOOLS} (found {found}); "
+            f"run it from a venv of its own: pip install grpcio-tools=={TOOLS}"
+        )
     from grpc_tools import protoc  # imported here: only this script needs it
 
     generated: list[Path] = []

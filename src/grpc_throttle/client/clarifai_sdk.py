@@ -60,8 +60,9 @@ _log = logging.getLogger(__name__)
 
 #: The oldest Clarifai SDK supported. The seams patched here
 #: (``get_async_stub``, ``create_stub(..., is_async=)``) are there from 11.6,
-#: but before 12.2 the SDK fails to import with protobuf 7, which
-#: grpc-throttle needs (it reads ``FieldDescriptor.label``).
+#: but before 12.2 the SDK fails to import with protobuf 7 (it reads
+#: ``FieldDescriptor.label``), which is what a fresh install gets; only 12.2
+#: and newer are tested.
 MIN_VERSION = (12, 2, 0)
 
 #: The installation in force, or None.
