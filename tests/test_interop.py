@@ -35,6 +35,7 @@ import grpc_throttle
 import grpc_throttle.aio
 import grpc_throttle.client
 import grpc_throttle.client.aio
+from tests.drivers import AIO_DRIVERS, SYNC_DRIVERS, wrap
 from tests.interop import aio_methods, methods, service
 from tests.interop.grpc_testing import test_pb2_grpc
 
@@ -93,16 +94,13 @@ def check_paced(p: Pacing, rate: str, before: tuple[int, float, int]) -> None:
 # -- sync ------------------------------------------------------------------------
 
 
-def _intercept_channel(target: str, p: Pacing) -> grpc.Channel:
-    interceptor = grpc_throttle.ThrottlingInterceptor(p.bucket)
-    p.interceptors.append(interceptor)
-    return grpc.intercept_channel(grpc.insecure_channel(target), interceptor)
+def _sync_driver(kind: str) -> Callable[[str, Pacing], grpc.Channel]:
+    def make(target: str, p: Pacing) -> grpc.Channel:
+        interceptor = grpc_throttle.ThrottlingInterceptor(p.bucket)
+        p.interceptors.append(interceptor)
+        return wrap(kind, grpc.insecure_channel(target), interceptor)
 
-
-def _throttled_channel(target: str, p: Pacing) -> grpc.Channel:
-    interceptor = grpc_throttle.ThrottlingInterceptor(p.bucket)
-    p.interceptors.append(interceptor)
-    return grpc_throttle.ThrottledChannel(grpc.insecure_channel(target), interceptor)
+    return make
 
 
 def _client_builder(target: str, p: Pacing) -> grpc.Channel:
@@ -112,8 +110,7 @@ def _client_builder(target: str, p: Pacing) -> grpc.Channel:
 
 
 SYNC_CONFIGS: dict[str, Callable[[str, Pacing], grpc.Channel]] = {
-    "intercept_channel": _intercept_channel,
-    "ThrottledChannel": _throttled_channel,
+    **{kind: _sync_driver(kind) for kind in SYNC_DRIVERS},  # intercept_channel, ThrottledChannel
     "client.throttled_channel": _client_builder,
 }
 
@@ -152,16 +149,13 @@ def _aio_unary_only(target: str, p: Pacing) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(target, interceptors=[interceptor])
 
 
-def _aio_for_channel(target: str, p: Pacing) -> grpc.aio.Channel:
-    interceptor = grpc_throttle.aio.ThrottlingInterceptor(p.bucket)
-    p.interceptors.append(interceptor)
-    return grpc.aio.insecure_channel(target, interceptors=interceptor.for_channel())
+def _aio_driver(kind: str) -> Callable[[str, Pacing], grpc.aio.Channel]:
+    def make(target: str, p: Pacing) -> grpc.aio.Channel:
+        interceptor = grpc_throttle.aio.ThrottlingInterceptor(p.bucket)
+        p.interceptors.append(interceptor)
+        return AIO_DRIVERS[kind](target, interceptor)
 
-
-def _aio_throttled_channel(target: str, p: Pacing) -> grpc.aio.Channel:
-    interceptor = grpc_throttle.aio.ThrottlingInterceptor(p.bucket)
-    p.interceptors.append(interceptor)
-    return grpc_throttle.aio.ThrottledChannel(grpc.aio.insecure_channel(target), interceptor)
+    return make
 
 
 def _aio_client_builder(target: str, p: Pacing) -> grpc.aio.Channel:
@@ -172,8 +166,7 @@ def _aio_client_builder(target: str, p: Pacing) -> grpc.aio.Channel:
 
 AIO_CONFIGS: dict[str, Callable[[str, Pacing], grpc.aio.Channel]] = {
     "interceptors=[i]": _aio_unary_only,
-    "for_channel()": _aio_for_channel,
-    "aio.ThrottledChannel": _aio_throttled_channel,
+    **{kind: _aio_driver(kind) for kind in AIO_DRIVERS},  # for_channel(), aio.ThrottledChannel
     "client.aio.throttled_channel": _aio_client_builder,
 }
 
@@ -233,8 +226,5 @@ async def test_grpc_aio_stream_unary_interceptors_cannot_cancel_after_begin(targ
     """
     async with grpc.aio.insecure_channel(target, interceptors=[_PassThrough()]) as channel:
         with pytest.raises((ValueError, AssertionError, asyncio.CancelledError, grpc.aio.AioRpcError)):
-            await aio_methods.test_interoperability(aio_methods.TestCase.CANCEL_AFTER_BEGIN, _aio_stub_for(channel))
-
-
-def _aio_stub_for(channel: grpc.aio.Channel) -> Any:
-    return test_pb2_grpc.TestServiceStub(channel)
+            case = aio_methods.TestCase.CANCEL_AFTER_BEGIN
+            await aio_methods.test_interoperability(case, _aio_stub(case, channel))

@@ -305,12 +305,7 @@ class UnaryUnaryCall(Paced, grpc.aio.UnaryUnaryCall):  # type: ignore[type-arg]
 
     async def _result(self) -> Any:
         try:
-            if not self._done:
-                if self._driving:
-                    await self._wait_ended()
-                else:
-                    self._driving = True  # inline, in the caller's task
-                    await self._run_plan()
+            await self._end()
         except asyncio.CancelledError:
             # As with grpc.aio's own calls: cancelling the task that awaits
             # the call cancels the call (and gives a waiting call's token back).
@@ -350,10 +345,7 @@ class PacedStream(
         interceptor = self._channel._interceptor
         try:
             first, self._first = self._first, None
-            if first is not None and first[1] is not None:
-                action = await interceptor._wait_for_slot(self._plan, first[1], first[0])
-            else:
-                action = await interceptor._take_token(self._plan)
+            action = await interceptor._take_token(self._plan, first=first)
             if isinstance(action, Send):
                 self._final = self._start(action.timeout)
             else:

@@ -107,25 +107,31 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         """This interceptor plus one per streaming call kind, for ``interceptors=``."""
         return [self, _UnaryStream(self), _StreamUnary(self), _StreamStream(self)]
 
-    async def _reserve(self, tokens: float, max_wait: float) -> BucketReservation | None:
-        if self._async_bucket:
-            return await self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[no-any-return,misc]
-        return self._bucket.reserve(tokens, max_wait=max_wait)  # type: ignore[return-value]
-
     async def _due_in(self, reservation: Any) -> float:
         if self._async_bucket:
             return await self._bucket.due_in(reservation)  # type: ignore[no-any-return,misc]
         return self._bucket.due_in(reservation)  # type: ignore[return-value]
 
-    async def _take_token(self, plan: CallPlan, sleep: Sleep = asyncio.sleep) -> Send | Refuse | GiveUp:
-        """Wait for a token as the plan says; what to do next (never Wait)."""
-        max_wait = plan.reserve_wait()
-        if max_wait is None:
-            return plan.expired()
-        reservation = await self._reserve(plan.tokens, max_wait)
-        action = plan.reserved(reservation)
+    async def _take_token(
+        self, plan: CallPlan, sleep: Sleep = asyncio.sleep, first: tuple[Any, BucketReservation | None] | None = None
+    ) -> Send | Refuse | GiveUp:
+        """Wait for a token as the plan says; what to do next (never Wait).
+
+        ``first`` is the plan's first step when the caller took it already
+        (:meth:`_first_step`, as the aio ThrottledChannel does when a call is made).
+        """
+        if first is None:
+            first = self._first_step(plan)
+        if first is None:  # an asynchronous bucket: its reserve() is awaited
+            max_wait = plan.reserve_wait()
+            if max_wait is None:
+                return plan.expired()
+            reservation = await self._bucket.reserve(plan.tokens, max_wait=max_wait)  # type: ignore[misc]
+            action = plan.reserved(reservation)
+        else:
+            action, reservation = first
         if reservation is None:
-            return action  # type: ignore[return-value]
+            return action  # type: ignore[return-value]  # without a reservation the plan never says Wait
         return await self._wait_for_slot(plan, reservation, action, sleep)
 
     async def _wait_for_slot(
@@ -217,13 +223,8 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
         call = sent
         while True:
             if call is None:
-                if first is not None:
-                    action, reservation = first
-                    first = None
-                    if reservation is not None:
-                        action = await self._wait_for_slot(plan, reservation, action, sleep)
-                else:
-                    action = await self._take_token(plan, sleep)
+                action: Any = await self._take_token(plan, sleep, first)
+                first = None
                 if isinstance(action, Refuse):
                     raise _aio_error(action.error)
                 if isinstance(action, GiveUp):
