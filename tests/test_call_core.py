@@ -138,7 +138,7 @@ def test_do_not_retry_pushback_on_a_throttled_ok_answer_is_obeyed(make_stub: Any
 
 def test_a_cost_above_the_capacity_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="cost"):
-        ThrottlingInterceptor(TokenBucket(rate=10), cost=2)
+        ThrottlingInterceptor(TokenBucket(rate=10), cost=11)  # 10 in any second: 11 never fits
 
 
 @pytest.mark.parametrize("bad", [None, "1", 0, -1, float("nan"), float("inf"), 5, True])

@@ -178,7 +178,7 @@ def test_shared_bucket_refuses_a_second_rate_for_one_user() -> None:
     pat = new_pat()
     bucket = shared_bucket(pat, rate=15)
     assert shared_bucket(pat) is bucket
-    assert shared_bucket(pat, rate=15.0, capacity=1) is bucket
+    assert shared_bucket(pat, rate=15.0) is bucket
     with pytest.raises(ValueError, match=r"^rate 10 differs"):
         shared_bucket(pat, rate=10)
     with pytest.raises(ValueError, match=r"^capacity 5 differs"):

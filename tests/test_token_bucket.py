@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpc_throttle import TokenBucket
-from grpc_throttle.buckets import _gcra
+from grpc_throttle.buckets import Limit
 from tests.clock import VirtualClock
 
 
@@ -22,21 +22,58 @@ def make(rate: float = 10, capacity: float | None = None) -> tuple[TokenBucket, 
     return TokenBucket(rate=rate, capacity=capacity, clock=clock), clock
 
 
-def test_default_capacity_is_one_token_so_calls_are_spread_evenly() -> None:
+def test_a_new_bucket_spaces_calls_evenly_until_answers_come_back() -> None:
+    # Slow start: the burst is 1 until successes say the server takes more.
     bucket, _ = make(rate=10)
-    assert bucket.capacity == 1
+    assert bucket.burst == 1 and bucket.capacity == 10
     delays = [bucket.reserve().delay for _ in range(4)]  # type: ignore[union-attr]
     assert delays == pytest.approx([0.0, 0.1, 0.2, 0.3])
 
 
-def test_burst_up_to_capacity_then_one_token_per_interval() -> None:
-    bucket, clock = make(rate=4, capacity=3)
-    assert [bucket.try_acquire() for _ in range(4)] == [True, True, True, False]
-    clock.advance(0.25)
-    assert bucket.try_acquire()
+def test_successes_grow_the_burst_to_the_rate_window_then_a_window_goes_at_once() -> None:
+    bucket, clock = make(rate=10)
+    for expected in range(2, 11):
+        bucket.record_success()
+        assert bucket.burst == expected
+    bucket.record_success()
+    assert bucket.burst == 10  # never past the rate's window
+    clock.advance(5)
+    delays = [bucket.reserve().delay for _ in range(12)]  # type: ignore[union-attr]
+    assert delays[:10] == pytest.approx([0.0] * 10)
+    # The 11th waits for the first to leave the 1 s window, plus the guard.
+    assert delays[10:] == pytest.approx([1.0 + bucket.guard] * 2)
+
+
+def test_a_declared_burst_is_used_from_the_first_call() -> None:
+    bucket, _ = make(rate=15, capacity=15)
+    delays = [bucket.reserve().delay for _ in range(17)]  # type: ignore[union-attr]
+    assert delays == pytest.approx([0.0] * 15 + [1.01, 1.01])
+
+
+def test_burst_one_spaces_calls_evenly_forever() -> None:
+    clock = VirtualClock()
+    bucket = TokenBucket(rate=4, burst=1, clock=clock)
+    for _ in range(50):
+        bucket.record_success()
+    assert bucket.burst == 1
+    assert [bucket.reserve().delay for _ in range(4)] == pytest.approx([0, 0.25, 0.5, 0.75])  # type: ignore[union-attr]
+
+
+def test_without_adaptation_the_burst_is_the_rate_window() -> None:
+    clock = VirtualClock()
+    bucket = TokenBucket(rate=4, adaptive=None, clock=clock)
+    assert bucket.burst == 4
+    assert [bucket.try_acquire() for _ in range(5)] == [True, True, True, True, False]
+
+
+def test_a_declared_burst_above_the_rate_widens_the_window() -> None:
+    bucket, clock = make(rate=2, capacity=4)  # 4 in any 2 s
+    assert [bucket.try_acquire() for _ in range(5)] == [True] * 4 + [False]
+    clock.advance(1.5)
     assert not bucket.try_acquire()
-    clock.advance(10)
-    assert bucket.available() == pytest.approx(3)  # never above capacity
+    clock.advance(0.52)
+    assert bucket.try_acquire()
+    assert bucket.capacity == 4
 
 
 def test_reservations_are_fifo_and_never_block() -> None:
@@ -44,7 +81,8 @@ def test_reservations_are_fifo_and_never_block() -> None:
     reservations = [bucket.reserve() for _ in range(5)]
     ready = [r.ready_at for r in reservations]  # type: ignore[union-attr]
     assert ready == sorted(ready)
-    assert ready[-1] - ready[0] == pytest.approx(2.0)
+    # Evenly spaced at 0.5 s, and every third waits for the 1 s window plus its guard.
+    assert ready[-1] - ready[0] == pytest.approx(2.0 + 2 * bucket.guard)
 
 
 def test_a_wait_longer_than_max_wait_takes_nothing() -> None:
@@ -54,28 +92,29 @@ def test_a_wait_longer_than_max_wait_takes_nothing() -> None:
     level = bucket.available()
     assert bucket.reserve(max_wait=0.99) is None
     assert bucket.available() == level
-    assert bucket.reserve(max_wait=1.0) is not None
+    assert bucket.reserve(max_wait=1.0 + bucket.guard) is not None
 
 
-def test_cancelling_the_last_reservation_gives_its_tokens_back() -> None:
-    bucket, _ = make(rate=1)
+def test_cancelling_the_last_reservation_gives_its_slot_back() -> None:
+    bucket, _ = make(rate=2)
     bucket.reserve()
     queued = bucket.reserve()
-    assert queued is not None and queued.delay == pytest.approx(1)
+    assert queued is not None and queued.delay == pytest.approx(0.5)
     queued.cancel()
     queued.cancel()  # idempotent
     again = bucket.reserve()
-    assert again is not None and again.delay == pytest.approx(1)
+    assert again is not None and again.delay == pytest.approx(0.5)
 
 
-def test_cancelling_out_of_order_returns_tokens_once_the_tail_is_cancelled() -> None:
-    bucket, _ = make(rate=1)
+def test_cancelling_waiters_in_any_order_gives_every_slot_back() -> None:
+    bucket, _ = make(rate=4)
     bucket.reserve()
     waiting = [bucket.reserve() for _ in range(5)]
-    for reservation in waiting:  # oldest first: each leaves a hole until the tail goes
+    for reservation in waiting:  # oldest first
         reservation.cancel()  # type: ignore[union-attr]
     nxt = bucket.reserve()
-    assert nxt is not None and nxt.delay == pytest.approx(1)
+    assert nxt is not None and nxt.delay == pytest.approx(0.25)
+    assert bucket.available() == pytest.approx(-1)
 
 
 def test_cancelling_a_middle_reservation_does_not_let_a_newcomer_overtake() -> None:
@@ -89,49 +128,51 @@ def test_cancelling_a_middle_reservation_does_not_let_a_newcomer_overtake() -> N
 
 
 def test_cancel_after_the_reservation_came_due_changes_nothing() -> None:
-    bucket, clock = make(rate=1)
+    bucket, clock = make(rate=2)
     bucket.reserve()
     second = bucket.reserve()
-    clock.advance(1.5)
+    clock.advance(0.75)
     second.cancel()  # type: ignore[union-attr]
-    assert bucket.available() == pytest.approx(0.5)
+    # Both still count: the window (2 in any 1 s, plus the guard) frees at 1.01.
+    assert bucket.reserve().delay == pytest.approx(0.26)  # type: ignore[union-attr]
 
 
 def test_rate_can_change_live() -> None:
     bucket, _ = make(rate=1)
     bucket.reserve()
-    queued = bucket.reserve()  # due in 1 s at rate 1
+    queued = bucket.reserve()  # due in 1 s + guard at rate 1
+    assert queued is not None and queued.delay == pytest.approx(1.01)
     bucket.rate = 10
     assert bucket.rate == 10
     nxt = bucket.reserve()
     # The queued caller keeps its time; the next one follows it at the new rate.
-    assert nxt is not None and nxt.ready_at - queued.ready_at == pytest.approx(0.1)  # type: ignore[union-attr]
-    assert queued.due_in() == pytest.approx(1.0) and nxt.due_in() == pytest.approx(1.1)  # type: ignore[union-attr]
+    assert nxt is not None and nxt.ready_at - queued.ready_at == pytest.approx(0.1)
     bucket.rate = 0.5
-    # A cut re-spaces the queue at the new rate: each waiter, asking again
-    # when its old time comes, learns its new one; the next caller follows.
-    assert queued.due_in() == pytest.approx(20.0) and nxt.due_in() == pytest.approx(22.0)  # type: ignore[union-attr]
+    # A cut re-plans the queue under the new windows (1 call in any 2 s):
+    # each waiter, asking again when its old time comes, learns its new one.
+    assert queued.due_in() == pytest.approx(2.01) and nxt.due_in() == pytest.approx(4.02)
     slower = bucket.reserve()
-    assert slower is not None and slower.ready_at - nxt.ready_at == pytest.approx(2.0, rel=0.05)
+    assert slower is not None and slower.ready_at - nxt.ready_at == pytest.approx(2.01)
 
 
-def test_a_cut_re_spaces_the_callers_already_waiting() -> None:
+def test_a_cut_re_plans_the_callers_already_waiting() -> None:
     bucket, clock = make(rate=10)
     queued = [bucket.reserve() for _ in range(5)]  # due at 0, 0.1, ... 0.4
     clock.advance(0.15)  # two have gone
     bucket.set_effective_rate(5)
     # Those still waiting keep their order and are now 0.2 s apart, counted
-    # from the cut: 0.2 -> 0.25, 0.3 -> 0.35, 0.4 -> 0.45 (bucket clock).
+    # from the last one that went (0.1): 0.3, 0.5, 0.7 on the bucket clock.
     due = [r.due_in() for r in queued]  # type: ignore[union-attr]
-    assert due == pytest.approx([0.0, 0.0, 0.1, 0.3, 0.5])
-    assert bucket.reserve().delay == pytest.approx(0.7)  # type: ignore[union-attr]
-    # Cancelling a re-spaced waiter at the tail gives its new slot back.
+    assert due == pytest.approx([0.0, 0.0, 0.15, 0.35, 0.55])
+    # The next one: 5 in any second now, so it waits for the send at 0 to leave.
     tail = bucket.reserve()
+    assert tail.delay == pytest.approx(0.86)  # type: ignore[union-attr]
+    # Cancelling it gives its slot back to the next caller.
     tail.cancel()  # type: ignore[union-attr]
-    assert bucket.reserve().delay == pytest.approx(0.9)  # type: ignore[union-attr]
+    assert bucket.reserve().delay == pytest.approx(0.86)  # type: ignore[union-attr]
     # A speed-up leaves the waiters' slots where they are.
     bucket.set_effective_rate(10)
-    assert [r.due_in() for r in queued] == pytest.approx([0.0, 0.0, 0.1, 0.3, 0.5])  # type: ignore[union-attr]
+    assert [r.due_in() for r in queued] == pytest.approx([0.0, 0.0, 0.15, 0.35, 0.55])  # type: ignore[union-attr]
 
 
 def test_a_waiter_cancelled_after_a_cut_gives_back_its_new_slot() -> None:
@@ -152,10 +193,10 @@ def test_effective_rate_never_exceeds_the_configured_rate() -> None:
 
 
 def test_cost_per_call_takes_several_tokens() -> None:
-    bucket, _ = make(rate=10, capacity=5)
+    bucket, _ = make(rate=10, capacity=5)  # 10 in any second, 5 in any half second
     assert bucket.try_acquire(5)
     reservation = bucket.reserve(3)
-    assert reservation is not None and reservation.delay == pytest.approx(0.3)
+    assert reservation is not None and reservation.delay == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize(
@@ -170,6 +211,13 @@ def test_cost_per_call_takes_several_tokens() -> None:
         ({"rate": 1, "capacity": 0.5}, "capacity"),
         ({"rate": 1, "capacity": math.nan}, "capacity"),
         ({"rate": 1, "capacity": math.inf}, "capacity"),
+        ({"rate": 1, "burst": 0}, "burst"),
+        ({"rate": 1, "burst": "2"}, "burst"),
+        ({"rate": 1, "burst": 2, "capacity": 2}, "capacity is the former name of burst"),
+        ({"rate": 1, "guard": -0.1}, "guard"),
+        ({"rate": 1, "guard": 61}, "guard"),
+        ({"rate": 1, "limits": Limit(10, 60)}, "limits must be a list"),
+        ({"rate": 1, "limits": [(10, 60)]}, "limits must hold Limit"),
     ],
 )
 def test_bad_configuration_names_the_field(kwargs: dict[str, object], field: str) -> None:
@@ -191,7 +239,7 @@ def test_bad_token_counts_and_rates_are_rejected() -> None:
 
 def test_repr_shows_live_state() -> None:
     bucket, _ = make(rate=15, capacity=3)
-    assert repr(bucket) == "<TokenBucket rate=15/15/s capacity=3 available=3.00>"
+    assert repr(bucket) == "<TokenBucket rate=15/15/s burst=3 available=3.00>"
 
 
 # -- the defining property -----------------------------------------------------
@@ -235,32 +283,6 @@ def test_no_window_ever_admits_more_than_capacity_plus_rate_times_its_length(
         for end, tokens in admitted[i:]:
             total += tokens
             assert total <= capacity + rate * (end - start) + 1e-6
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    rate=st.floats(min_value=0.5, max_value=100),
-    capacity=st.integers(min_value=1, max_value=5),
-    steps=st.lists(
-        st.tuples(st.floats(min_value=0, max_value=1), st.sampled_from([1, 1, 2]), st.floats(0, 2)), max_size=40
-    ),
-)
-def test_the_buckets_inlined_hot_path_agrees_with_the_pure_arithmetic(
-    rate: float, capacity: int, steps: list[tuple[float, int, float]]
-) -> None:
-    # reserve() writes _gcra.reserve out for speed: the two must never differ.
-    bucket, clock = make(rate=rate, capacity=capacity)
-    tat = -math.inf
-    for advance, tokens, max_wait in steps:
-        clock.advance(advance)
-        tokens = min(tokens, capacity)
-        expected = _gcra.reserve(tat, clock.now, 1 / rate, capacity, tokens, max_wait)
-        got = bucket.reserve(tokens, max_wait=max_wait)
-        if expected is None:
-            assert got is None
-            continue
-        tat, _, wait = expected
-        assert got is not None and got.delay == pytest.approx(wait, abs=1e-9)
 
 
 def test_many_threads_share_one_bucket_without_losing_or_inventing_tokens() -> None:

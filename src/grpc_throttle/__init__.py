@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .buckets import AdaptiveRate, Reservation, TokenBucket
+from .buckets import AdaptiveRate, Limit, Reservation, TokenBucket
 from .errors import BucketUnavailableError, ThrottleError
 from .events import GaveUp, RateChanged, RetryScheduled
 from .interceptors import Stats, ThrottledChannel, ThrottlingInterceptor
@@ -28,6 +28,7 @@ __all__ = [
     "AdaptiveRate",
     "BucketUnavailableError",
     "GaveUp",
+    "Limit",
     "RateChanged",
     "RedisTokenBucket",
     "Reservation",

@@ -54,8 +54,9 @@ class GaveUp:
     method: str
     #: Attempts made.
     attempts: int
-    #: ``"attempts"``, ``"deadline"``, ``"budget"`` or ``"server"`` (pushback said do not retry).
-    reason: Literal["attempts", "deadline", "budget", "server"]
+    #: ``"attempts"``, ``"deadline"``, ``"budget"``, ``"server"`` (pushback said do
+    #: not retry) or ``"window"`` (a long quota window is full; see ThrottlePolicy.on_window).
+    reason: Literal["attempts", "deadline", "budget", "server", "window"]
 
 
 Event = RateChanged | RetryScheduled | GaveUp

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._base import AsyncBucket, Bucket, BucketReservation
 from ._cubic import AdaptiveRate
+from ._window import Limit
 from .local import Reservation, TokenBucket
 
-__all__ = ["AdaptiveRate", "AsyncBucket", "Bucket", "BucketReservation", "Reservation", "TokenBucket"]
+__all__ = ["AdaptiveRate", "AsyncBucket", "Bucket", "BucketReservation", "Limit", "Reservation", "TokenBucket"]

@@ -72,6 +72,15 @@ class _Common(abc.ABC):
     def record_success(self) -> None:
         """Report an answer that was not throttled; never blocks."""
 
+    def hold_window(self, seconds: float) -> float | None:
+        """The server said a quota window of ``seconds`` is full: hold new calls until it frees.
+
+        Returns the seconds until it frees as this bucket sees it, or None
+        (nothing held) when the bucket declares no limit of that window; the
+        throttle policy's ``on_window`` then decides. Never blocks.
+        """
+        return None
+
     @abc.abstractmethod
     def add_listener(self, hook: EventHook) -> None:
         """Call ``hook(RateChanged(...))`` on every change of the effective rate.

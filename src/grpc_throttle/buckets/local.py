@@ -1,77 +1,73 @@
-"""The in-process token bucket: one object shared by threads and event loops."""
+"""The in-process bucket: one object shared by threads and event loops.
+
+Its schedule is window-shaped (see ``_window``): a call waits only when
+sending it now could put more calls in some window than the quota allows.
+How large a burst the server takes is learned (see ``_burst``), and the rate
+adapts to throttled answers (CUBIC, see ``_cubic``).
+"""
 
 from __future__ import annotations
 
-import collections
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .. import _checks, _fork
 from ..events import EventHook, RateChanged, emit
-from . import _cubic, _gcra
+from . import _burst, _cubic
 from ._base import Bucket, BucketReservation, Listeners
 from ._cubic import AdaptiveRate
+from ._window import Limit, Window, WindowLog, rate_window
 
-__all__ = ["Reservation", "TokenBucket"]
+__all__ = ["DEFAULT_GUARD", "Reservation", "TokenBucket"]
 
-_EPSILON = _gcra.EPSILON
+_EPSILON = 1e-9
 _new = object.__new__
-#: Rate changes remembered for cancellations (adaptation changes the rate in
-#: steps of >= 1 %, so this covers minutes of recovery).
-_RESCALES = 256
+#: Seconds added to every window of a second or longer (see ``guard``).
+DEFAULT_GUARD = 0.01
+#: The longest guard accepted, seconds.
+_MAX_GUARD = 60.0
 
 
 class Reservation(BucketReservation):
     """Tokens taken from a :class:`TokenBucket`, usable after :attr:`delay`.
 
     The caller waits ``delay`` seconds (sleeping in its own thread, or awaiting
-    in its event loop), then goes ahead. A caller that gives up before then
-    calls :meth:`cancel` so that the tokens go back to the bucket.
+    in its event loop), then asks :meth:`due_in` whether a rate cut meanwhile
+    moved its slot later. A caller that gives up first calls :meth:`cancel`.
     """
 
-    __slots__ = ("_bucket", "_epoch", "_start", "_tat", "delay", "ready_at", "round", "tokens")
+    __slots__ = ("_bucket", "_done", "delay", "ready_at", "round", "tokens")
 
-    def __init__(
-        self,
-        bucket: TokenBucket,
-        tokens: float,
-        delay: float,
-        ready_at: float,
-        start: float,
-        tat: float,
-        epoch: int,
-        round: int,
-    ) -> None:
-        #: Tokens this reservation holds.
-        self.tokens = tokens
-        #: Seconds to wait, counted from the moment the reservation was made.
-        self.delay = delay
-        #: When the caller may go ahead, on the bucket's clock.
-        self.ready_at = ready_at
-        #: The bucket's adaptation round when this was made (see record_throttle).
-        self.round = round
-        self._bucket = bucket
-        self._start = start
-        self._tat = tat
-        self._epoch = epoch
+    #: Tokens this reservation holds.
+    tokens: float
+    #: Seconds to wait, counted from the moment the reservation was made.
+    delay: float
+    #: When the caller may go ahead, on the bucket's clock (moved later by a cut).
+    ready_at: float
+    #: Opaque: handed back to :meth:`TokenBucket.record_throttle` as it is.
+    round: Any
+    _bucket: TokenBucket
+    #: True once cancelled (or found due when a cancel came).
+    _done: bool
 
     def due_in(self) -> float:
         """Seconds until the caller may go ahead, as of now (0 once due).
 
-        Normally ``ready_at - now``. When the bucket's rate was cut after the
-        reservation was made, the queue ahead is re-spaced at the new rate and
-        this slot moves later: a waiter that wakes at :attr:`ready_at` asks
-        again and sleeps the difference, so a cut slows the calls already
-        waiting too, not only those that come after it.
+        Normally ``ready_at - now``. A rate cut (or a tighter burst) re-plans
+        the calls still waiting, in order, and moves their slots later: a
+        waiter that wakes at its old time asks again and sleeps the rest.
         """
-        return self._bucket._due_in(self)
+        wait = self.ready_at - self._bucket._clock()
+        return wait if wait > _EPSILON else 0.0
 
     def cancel(self) -> None:
-        """Give the tokens back if the reservation is not due yet.
+        """Give the slot back if it is not due yet; safe to call more than once.
 
-        Safe to call more than once, and after the reservation became due (it
-        then does nothing: the caller may already have acted on it).
+        The slot is given back exactly: the send leaves the schedule, so no
+        window counts it. Calls queued behind it keep their slots (they are
+        asleep toward them); the next reservation can take its place.
         """
         self._bucket._cancel(self)
 
@@ -80,26 +76,47 @@ class Reservation(BucketReservation):
 
 
 class TokenBucket(Bucket):
-    """A thread-safe token bucket that many interceptors, threads and loops share.
+    """A thread-safe, window-shaped rate limiter that many interceptors, threads and loops share.
 
-    Tokens refill at ``rate`` per second up to ``capacity``. Taking tokens is a
-    reservation: a short update under a lock that says how long the caller must
-    wait, so waiters are served in the order they asked (FIFO) with no polling
-    and no thread per waiter.
+    ``rate=15`` reads the quota as APIs document it: at most 15 calls in any
+    window of one second. A call waits only when sending it now could break
+    that (or one of ``limits``): a burst of up to 15 goes out at once, and a
+    saturated stream sends one window's worth per window. Sliding-window,
+    fixed-window and token-bucket servers whose burst is the quota then never
+    have a reason to throttle.
+
+    Servers that allow smaller bursts are learned: a throttled answer to a
+    call sent in a burst halves the burst (down to even spacing, one call
+    every ``1/rate``); bursts then widen slowly again. Until the first
+    answers come back the burst starts small and grows with each success,
+    as TCP's window does (slow start), so the first lesson is cheap. A
+    throttled answer to a call that was evenly spaced lowers the rate
+    instead (``adaptive``). Waiters already queued are re-planned, in order,
+    on every cut.
+
+    Taking tokens is a reservation: a short update under a lock that says how
+    long to wait, so waiters are served in the order they asked, with no
+    polling and no thread per waiter.
 
     Args:
-        rate: Tokens added per second: the request rate the API allows.
-        capacity: The most tokens the bucket holds, i.e. the largest burst it
-            lets through at once. Defaults to 1: calls are spread evenly at
-            ``rate``. A server's own burst allowance is rarely documented, and a
-            client burst larger than it is answered "throttled"; bursting saves
-            at most ``capacity / rate`` seconds once, so smooth pacing is the
-            setting that gets every call through with the fewest throttled
-            answers. Raise it when the server is known to accept bursts.
+        rate: The calls per second the API allows, in [1e-9, 1e12]. A whole
+            number is that many calls in any second; otherwise the count is
+            rounded up and the window stretched (2.5/s: 3 in any 1.2 s).
+        capacity: The former name of ``burst``, still accepted.
+        burst: The largest burst the server is known to accept, in [1, 1e12]:
+            1 spaces calls evenly at ``1/rate``. None (the default) learns it,
+            up to the rate's window. A burst above ``rate`` widens the window
+            to match (``burst=30`` at 15/s: 30 in any 2 s).
+        limits: More windows that hold at the same time, e.g.
+            ``[Limit(10_000, 3600)]`` for an hourly quota. A cut of the rate
+            scales their counts too.
+        guard: Seconds added to every window of one second or longer, in
+            [0, 60]: the server counts arrivals, not sends, and a call that
+            left just after a window ended may arrive with the one before it.
+            The default of 10 ms costs 1 % of a saturated stream's rate.
         adaptive: How the rate adapts to throttle signals reported with
             :meth:`record_throttle` (CUBIC, see :class:`AdaptiveRate`); None
-            keeps the rate fixed. The interceptors report every throttled
-            answer, so every caller sharing the bucket slows down together.
+            keeps the rate fixed and the burst at ``burst`` (or the window).
         clock: Monotonic clock in seconds; injectable for tests.
 
     Example:
@@ -113,39 +130,58 @@ class TokenBucket(Bucket):
         rate: float,
         capacity: float | None = None,
         *,
+        burst: float | None = None,
+        limits: Iterable[Limit] = (),
+        guard: float = DEFAULT_GUARD,
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         rate = _checks.positive("rate", rate)
-        capacity = 1.0 if capacity is None else _checks.at_least("capacity", capacity, 1)
+        if capacity is not None:
+            if burst is not None:
+                raise ValueError("capacity is the former name of burst: pass one of them, not both")
+            burst = _checks.at_least("capacity", capacity, 1)
+        elif burst is not None:
+            burst = _checks.at_least("burst", burst, 1)
         if adaptive is not None and not isinstance(adaptive, AdaptiveRate):
             raise ValueError(f"adaptive must be an AdaptiveRate or None, got {adaptive!r}")
+        guard = _checks.non_negative("guard", guard)
+        if guard > _MAX_GUARD:
+            raise ValueError(f"guard must be a number in [0, {_MAX_GUARD:g}] seconds, got {guard!r}")
+        if isinstance(limits, Limit) or not isinstance(limits, Iterable):
+            raise ValueError(f"limits must be a list of Limit, got {limits!r}")
+        limits = tuple(limits)
+        for limit in limits:
+            if not isinstance(limit, Limit):
+                raise ValueError(f"limits must hold Limit objects, got {limit!r}")
         #: Lock guarding the state below; held only for arithmetic.
         self._lock = _fork.register(self)
         #: Monotonic clock in seconds.
         self._clock = clock
-        #: The configured rate, tokens per second.
+        #: The configured rate, and the rate in force (lower while adapting).
         self._rate = rate
-        #: The rate in force (lower than _rate while adapting to throttling).
         self._effective_rate = rate
-        #: Seconds per token at the rate in force.
-        self._interval = 1.0 / rate
-        #: Most tokens held at once.
-        self._capacity = capacity
-        #: Theoretical arrival time (see _gcra): when the bucket is full again.
-        self._tat = -math.inf
-        #: Rate changes so far, and the last _RESCALES of them as (when, old
-        #: interval, new interval): a reservation made before a rate change is
-        #: carried into the new scale when it is cancelled.
-        self._epoch = 0
-        self._rescales: collections.deque[tuple[float, float, float]] = collections.deque(maxlen=_RESCALES)
-        #: Cancelled reservations not at the tail yet: their end tat -> their start.
-        self._holes: dict[float, float] = {}
+        #: The declared burst, or None when it is learned.
+        self._declared_burst = burst
+        #: The declared windows beyond the rate's.
+        self._limits = limits
+        self._guard = guard
+        #: The sends, past and planned (see _window).
+        self._log = WindowLog()
+        #: No slot earlier than this (a Redis bucket's fallback, a full window).
+        self._not_before = -math.inf
         #: Rate adaptation: its settings, the curve's state, and the round
         #: (bumped on every decrease, so one burst of signals counts once).
         self._adaptive = adaptive
         self._cubic = _cubic.CubicState(rate=rate, w_max=rate)
         self._round = 0
+        #: The burst in force and how it is learned.
+        self._burst = _burst.start(self._most_burst(rate), learn=self._learns_burst, declared=burst is not None)
+        #: The windows in force, derived from the above by _reshape_locked.
+        self._windows: tuple[Window, ...] = ()
+        self._interval = 1.0 / rate
+        self._horizon = 0.0
+        self._reshape_locked()
         #: Called with a RateChanged on every change of the effective rate.
         self._listeners = Listeners()
 
@@ -153,7 +189,7 @@ class TokenBucket(Bucket):
 
     @property
     def rate(self) -> float:
-        """The configured rate in tokens per second; assign to change it live."""
+        """The configured rate in calls per second; assign to change it live."""
         return self._rate
 
     @rate.setter
@@ -163,7 +199,10 @@ class TokenBucket(Bucket):
             old = self._effective_rate
             self._rate = value
             self._cubic = _cubic.CubicState(rate=value, w_max=value)
-            self._set_effective_locked(value)
+            self._burst = _burst.start(
+                self._most_burst(value), learn=self._learns_burst, declared=self._declared_burst is not None
+            )
+            self._set_effective_locked(value, replan=True)
         self._notify(old, value, "configured")
 
     @property
@@ -172,7 +211,7 @@ class TokenBucket(Bucket):
         return self._effective_rate
 
     def set_effective_rate(self, value: float) -> None:
-        """Run at ``value`` tokens/s (at most the configured rate) until changed.
+        """Run at ``value`` calls/s (at most the configured rate) until changed.
 
         Used by rate adaptation; the configured :attr:`rate` is unchanged.
         """
@@ -181,8 +220,49 @@ class TokenBucket(Bucket):
             old = self._effective_rate
             value = min(value, self._rate)
             self._cubic = _cubic.CubicState(rate=value, w_max=value, last_decrease=self._clock())
-            self._set_effective_locked(value)
+            self._set_effective_locked(value, replan=value < old)
         self._notify(old, value, "throttle" if value < old else "recovery")
+
+    @property
+    def burst(self) -> float:
+        """The largest burst sent now (learned, or as declared)."""
+        return self._burst.size
+
+    @property
+    def declared_burst(self) -> float | None:
+        """The burst given as ``burst=`` (or ``capacity=``), or None when it is learned."""
+        return self._declared_burst
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        """The declared windows beyond the rate's."""
+        return self._limits
+
+    @property
+    def guard(self) -> float:
+        """Seconds added to every window of one second or longer."""
+        return self._guard
+
+    @property
+    def capacity(self) -> float:
+        """The most tokens one reservation may take: the smallest declared window's count."""
+        counts = [self._most_burst(self._rate)] + [limit.count for limit in self._limits]
+        return float(min(counts))
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock that reservations' ``ready_at`` times are on."""
+        return self._clock
+
+    @property
+    def _learns_burst(self) -> bool:
+        return self._adaptive is not None
+
+    def _most_burst(self, rate: float) -> float:
+        """The largest burst at ``rate``: its window's count, or the declared burst scaled to it."""
+        if self._declared_burst is None:
+            return rate_window(rate)[0]
+        return max(1.0, math.floor(self._declared_burst * rate / self._rate + _EPSILON))
 
     # -- adaptation --------------------------------------------------------
 
@@ -193,37 +273,48 @@ class TokenBucket(Bucket):
 
     @property
     def round(self) -> int:
-        """Rate decreases so far; reservations carry the round they were made in."""
-        return self._round
+        """Opaque: the adaptation round, as reservations of an evenly spaced call carry it."""
+        return self._round * 2
 
     def record_throttle(self, round: int) -> None:
         """Report a throttled answer to an attempt whose reservation had ``round``.
 
-        Lowers the effective rate (``beta``) unless an answer to an attempt of
-        the same round already did: calls sent together are throttled together,
-        and that is one signal.
+        One signal per round: calls sent together are throttled together. A
+        call that was sent in a burst halves the burst; one that was evenly
+        spaced lowers the rate (``beta``), and the queue is re-planned.
         """
         if self._adaptive is None:
             return
+        number, in_burst = divmod(round, 2)
         with self._lock:
-            if round < self._round:
+            if number < self._round:
+                return
+            self._round += 1
+            if in_burst and self._burst.size > 1:
+                self._burst = _burst.on_throttle(self._burst)
+                self._reshape_locked()
+                self._replan_locked()
                 return
             old = self._effective_rate
             self._cubic = _cubic.on_throttle(self._adaptive, self._cubic, self._rate, self._clock())
-            self._round += 1
-            self._set_effective_locked(self._cubic.rate)
+            self._set_effective_locked(self._cubic.rate, replan=True)
         self._notify(old, self._cubic.rate, "throttle")
 
     def record_success(self) -> None:
-        """Report an answer that was not throttled: the rate recovers toward ``rate``."""
-        if self._adaptive is None or self._cubic.last_decrease is None:
-            return  # the common case: nothing to recover, no lock taken
+        """Report an answer that was not throttled: the burst widens and the rate recovers."""
+        if self._adaptive is None or (self._cubic.last_decrease is None and self._burst.settled):
+            return  # the common case: nothing to learn, no lock taken
         with self._lock:
+            if not self._burst.settled:
+                self._burst = _burst.on_success(self._burst, self._windows[0].calls)
+                self._reshape_locked()
+            if self._cubic.last_decrease is None:
+                return
             old = self._effective_rate
             self._cubic = _cubic.on_success(self._adaptive, self._cubic, self._rate, self._clock())
             if self._cubic.rate == old:
                 return
-            self._set_effective_locked(self._cubic.rate)
+            self._set_effective_locked(self._cubic.rate, replan=False)
         self._notify(old, self._cubic.rate, "recovery")
 
     def add_listener(self, hook: EventHook) -> None:
@@ -238,38 +329,43 @@ class TokenBucket(Bucket):
         if old != new and self._listeners:
             emit(self._listeners.hooks(), RateChanged(old, new, reason))  # type: ignore[arg-type]
 
-    def _set_effective_locked(self, value: float) -> None:
-        new_interval = 1.0 / value
-        old_interval = self._interval
-        if new_interval != old_interval:
-            now = self._clock()
-            rescale = _gcra.rescale
-            capacity = self._capacity
-            self._tat = rescale(self._tat, now, old_interval, new_interval, capacity)
-            self._holes = {
-                rescale(end, now, old_interval, new_interval, capacity): rescale(
-                    start, now, old_interval, new_interval, capacity
-                )
-                for end, start in self._holes.items()
-            }
-            self._rescales.append((now, old_interval, new_interval))
-            self._interval = new_interval
-            self._epoch += 1
+    def _set_effective_locked(self, value: float, *, replan: bool) -> None:
         self._effective_rate = value
+        self._burst = _burst.clamp(self._burst, self._most_burst(value))
+        self._reshape_locked()
+        if replan:
+            self._replan_locked()
 
-    @property
-    def clock(self) -> Callable[[], float]:
-        """The monotonic clock that reservations' ``ready_at`` times are on."""
-        return self._clock
+    def _reshape_locked(self) -> None:
+        """Derive the windows in force from the rate, the burst and the limits."""
+        rate, scale = self._effective_rate, self._effective_rate / self._rate
+        count, span = rate_window(rate)
+        most = max(count, self._most_burst(rate))
+        guard = self._guard
+        windows = [Window(most, most / rate + (guard if most / rate >= 1 else 0.0))]
+        size = self._burst.size
+        if size < most:
+            windows.append(Window(size, size / rate))
+        for limit in self._limits:
+            windows.append(Window(max(1.0, math.floor(limit.count * scale + _EPSILON)), limit.seconds + guard))
+        self._windows = tuple(windows)
+        self._interval = 1.0 / rate
+        # Sends are kept for the longest window the rate could reach (a cut
+        # stretches the rate's window up to the adaptation floor's).
+        low = self._adaptive.floor(self._rate) if self._adaptive is not None else rate
+        longest = max(span, rate_window(low)[1], max(self._most_burst(low), 1.0) / low)
+        self._horizon = max([longest, *(limit.seconds for limit in self._limits)]) + guard
 
-    def due_in(self, reservation: Reservation) -> float:
-        """Seconds until ``reservation`` may go ahead, as of now (see :meth:`Reservation.due_in`)."""
-        return self._due_in(reservation)
-
-    @property
-    def capacity(self) -> float:
-        """The most tokens the bucket holds (the largest burst)."""
-        return self._capacity
+    def _replan_locked(self) -> None:
+        """Plan the waiting calls again, in order, under the windows now in force."""
+        now = self._clock()
+        log = self._log
+        for when, weight, owner in log.take_later_than(now):
+            start = max(when, log.last, now, self._not_before)
+            start = log.earliest(start, weight, self._windows)
+            if owner is not None:
+                owner.ready_at = start
+            log.append(start, weight, owner)
 
     # -- taking tokens ---------------------------------------------------
 
@@ -291,58 +387,39 @@ class TokenBucket(Bucket):
         """
         if tokens != 1:
             self._check_tokens(tokens)
-        # The hot path of every call. It is _gcra.reserve written out (a call
-        # and a tuple cost more than the arithmetic; test_token_bucket checks
-        # the two agree), under an explicit acquire/release (half the cost of
-        # ``with lock`` on 3.11), and the Reservation is filled in directly
-        # rather than through __init__.
         lock = self._lock
         lock.acquire()
         try:
             now = self._clock()
-            start = self._tat
-            if start <= now:
-                if self._holes:
-                    self._holes.clear()
-                start = now
-            tat = start + tokens * self._interval
-            wait = tat - self._capacity * self._interval - now
+            log = self._log
+            log.prune(now - self._horizon, now)
+            last = log.last
+            start = now if now > last else last
+            if start < self._not_before:
+                start = self._not_before
+            start = log.earliest(start, tokens, self._windows)
+            wait = start - now
             if wait <= _EPSILON:
                 wait = 0.0
             elif wait > max_wait:
                 return None
-            self._tat = tat
-            epoch = self._epoch
-            round_ = self._round
+            # Filled in under the lock: a re-plan may move ready_at at once.
+            reservation = _new(Reservation)
+            reservation.tokens = tokens
+            reservation.delay = wait
+            reservation.ready_at = start
+            reservation._bucket = self
+            reservation._done = False
+            # Sent less than one even interval after the call before: a burst.
+            reservation.round = self._round * 2 + (start < last + tokens * self._interval - _EPSILON)
+            log.append(start, tokens, reservation)
         finally:
             lock.release()
-        reservation = _new(Reservation)
-        reservation.tokens = tokens
-        reservation.delay = wait
-        reservation.ready_at = now + wait
-        reservation.round = round_
-        reservation._bucket = self
-        reservation._start = start
-        reservation._tat = tat
-        reservation._epoch = epoch
         return reservation
 
     def try_acquire(self, tokens: float = 1) -> bool:
         """Take ``tokens`` if they are available right now; never waits."""
-        if tokens != 1:
-            self._check_tokens(tokens)
-        lock = self._lock
-        lock.acquire()
-        try:
-            now = self._clock()
-            tat = self._tat if self._tat > now else now
-            new_tat = tat + tokens * self._interval
-            if new_tat - self._capacity * self._interval - now > _EPSILON:
-                return False
-            self._tat = new_tat
-            return True
-        finally:
-            lock.release()
+        return self.reserve(tokens, max_wait=0.0) is not None
 
     def acquire(self, tokens: float = 1, *, timeout: float | None = None) -> bool:
         """Block the calling thread until ``tokens`` are taken.
@@ -371,76 +448,57 @@ class TokenBucket(Bucket):
         ``when``, are still firing (the Redis bucket's fallback).
         """
         with self._lock:
-            tat = when + self._capacity * self._interval
-            if tat > self._tat:
-                self._tat = tat
+            self._not_before = max(self._not_before, when + self._interval)
+
+    def hold_window(self, seconds: float) -> float | None:
+        """The server says a window of ``seconds`` is full: hold new calls until it frees.
+
+        Answers such as Clarifai's 11003 (hourly limit) mean the server counted
+        the window full, perhaps with other clients' calls. When a declared
+        limit has that window, no slot is handed out before the oldest send
+        this bucket sees in it leaves (or a whole window from now, when it
+        sees none), and the seconds until then are returned. Returns None,
+        changing nothing, when no limit matches.
+        """
+        matching = [limit for limit in self._limits if math.isclose(limit.seconds, seconds, rel_tol=1e-9)]
+        if not matching:
+            return None
+        with self._lock:
+            now = self._clock()
+            span = matching[0].seconds + self._guard
+            first = self._log.first_later_than(now - span)
+            free = now + span if first is None or first > now else first + span
+            self._not_before = max(self._not_before, free)
+            return max(self._not_before - now, 0.0)
 
     def available(self) -> float:
-        """Tokens that could be taken now without waiting (negative when queued)."""
+        """Tokens that could be taken now without waiting (negative when calls are queued)."""
         with self._lock:
-            return _gcra.level(self._tat, self._clock(), self._interval, self._capacity)
+            now = self._clock()
+            return min(count - self._log.weight_since(now - span) for count, span in self._windows)
+
+    def due_in(self, reservation: Reservation) -> float:
+        """Seconds until ``reservation`` may go ahead, as of now (see :meth:`Reservation.due_in`)."""
+        return reservation.due_in()
 
     def _check_tokens(self, tokens: float) -> None:
         _checks.positive("tokens", tokens)
-        if tokens > self._capacity:
+        if tokens > self.capacity:
             raise ValueError(
-                f"tokens must be <= capacity ({self._capacity:g}) or it could never be granted, got {tokens!r}"
+                f"tokens must be <= capacity ({self.capacity:g}) or it could never be granted, got {tokens!r}"
             )
 
-    def _due_in(self, reservation: Reservation) -> float:
-        if reservation._epoch != self._epoch and reservation._epoch >= 0:
-            # The rate changed since: carry the slot over (read without the
-            # lock, the epoch can only be stale by a change that happens after
-            # this caller was let go, which is the same as it going first).
-            with self._lock:
-                self._carry_locked(reservation)
-        wait = reservation.ready_at - self._clock()
-        return wait if wait > _EPSILON else 0.0
-
-    def _carry_locked(self, reservation: Reservation) -> bool:
-        """Move a reservation's slot through the rate changes since it was made.
-
-        Exactly as the bucket's own state was carried (same arithmetic, so the
-        tail comparison in _cancel stays exact). False when it is older than
-        the changes remembered, or cancelled: it is then left as it is.
-        """
-        behind = self._epoch - reservation._epoch
-        if reservation._epoch < 0 or behind > len(self._rescales):
-            return False
-        if behind:
-            end, start, ready = reservation._tat, reservation._start, reservation.ready_at
-            rescale, capacity = _gcra.rescale, self._capacity
-            for when, old, new in list(self._rescales)[len(self._rescales) - behind :]:
-                end = rescale(end, when, old, new, capacity)
-                start = rescale(start, when, old, new, capacity)
-                ready = rescale(ready, when, old, new, 0.0)
-            # Its round stays the one it was made in: it goes out right after
-            # the cut, while the server may still count the sends before it
-            # (a 1 s window), so a throttled answer to it is no new signal.
-            reservation._tat, reservation._start, reservation.ready_at = end, start, ready
-            reservation._epoch = self._epoch
-        return True
-
     def _cancel(self, reservation: Reservation) -> None:
-        # Only a reservation at the tail of the schedule can give its slot back
-        # without letting a later caller overtake one that is already queued;
-        # earlier ones are remembered and given back once the tail reaches them.
         with self._lock:
-            if not self._carry_locked(reservation):
-                return  # cancelled already, or older than the rate changes kept
-            reservation._epoch = -1  # a second cancel does nothing
+            if reservation._done:
+                return
+            reservation._done = True
             if reservation.ready_at <= self._clock():
-                return
-            end, start = reservation._tat, reservation._start
-            if end != self._tat:
-                self._holes[end] = start
-                return
-            self._tat = start
-            while self._tat in self._holes:
-                self._tat = self._holes.pop(self._tat)
+                return  # due already: the caller may have sent it
+            self._log.remove(reservation)
 
     def __repr__(self) -> str:
         return (
             f"<TokenBucket rate={self._effective_rate:g}/{self._rate:g}/s "
-            f"capacity={self._capacity:g} available={self.available():.2f}>"
+            f"burst={self.burst:g} available={self.available():.2f}>"
         )

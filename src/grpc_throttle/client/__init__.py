@@ -75,7 +75,7 @@ def throttled_channel(
     Args:
         target: ``host:port`` to dial.
         rate: Calls per second the API allows (ignored when ``bucket`` is given).
-        capacity: Burst size of the new bucket (see :class:`~grpc_throttle.TokenBucket`).
+        capacity: The burst the server is known to accept (``TokenBucket(burst=)``); None learns it.
         bucket: A bucket to share with other channels; default a new one.
         retry: Retry schedule of throttled answers; default ``RetryPolicy()``.
         throttle: What counts as throttled; default ``ThrottlePolicy()``.
@@ -121,7 +121,8 @@ def clarifai_channel(
         base: ``host`` or ``host:port``; None reads ``CLARIFAI_GRPC_BASE``,
             else ``api.clarifai.com:443``.
         rate: The user's quota in calls per second (Clarifai's default: 15).
-        capacity: Burst size of the shared bucket when this call creates it.
+        capacity: The burst the server is known to accept (``TokenBucket(burst=)``),
+            for the shared bucket when this call creates it; None learns it.
         bucket: Use this bucket instead of the PAT's shared one.
         retry: Retry schedule of throttled answers; default ``RetryPolicy()``.
         throttle: What counts as throttled; default body ``status.code`` 11005.

@@ -159,10 +159,12 @@ def shared_bucket(pat: str | None = None, *, rate: float | None = None, capacity
     Args:
         pat: The personal access token; None reads ``CLARIFAI_PAT``.
         rate: Expected rate; None accepts whatever the bucket has.
-        capacity: Expected capacity; None accepts whatever the bucket has.
+        capacity: The burst the server is known to accept (``TokenBucket``'s
+            ``burst``; None learns it). Checked like ``rate`` when the bucket
+            exists already.
 
     Raises:
-        ValueError: No PAT, or the bucket exists with another rate or capacity
+        ValueError: No PAT, or the bucket exists with another rate or burst
             (one user has one quota: pass the same values, or ``bucket=``).
 
     Example:
@@ -180,9 +182,10 @@ def shared_bucket(pat: str | None = None, *, rate: float | None = None, capacity
             f"rate {rate!r} differs from the {bucket.rate:g}/s bucket this PAT already shares; "
             "pass the same rate, or your own bucket="
         )
-    if capacity is not None and capacity != bucket.capacity:
+    if capacity is not None and capacity != bucket.declared_burst:
+        shared = "a learned burst" if bucket.declared_burst is None else f"burst {bucket.declared_burst:g}"
         raise ValueError(
-            f"capacity {capacity!r} differs from the capacity {bucket.capacity:g} of the bucket this PAT "
+            f"capacity {capacity!r} differs from the {shared} of the bucket this PAT "
             "already shares; pass the same capacity, or your own bucket="
         )
     return bucket

@@ -98,7 +98,8 @@ def install(
         bucket: One bucket for every SDK call, whatever its PAT. Async calls
             need a :class:`~grpc_throttle.TokenBucket` (any sync bucket
             serves sync calls).
-        capacity: Burst size of the PAT buckets this creates.
+        capacity: The burst the server is known to accept, for the PAT buckets
+            this creates (``TokenBucket(burst=)``); None learns it.
 
     Raises:
         ImportError: The SDK is missing, older than :data:`MIN_VERSION`, or

@@ -50,6 +50,7 @@ class Settings:
         "capacity",
         "clock",
         "cost",
+        "hold_window",
         "hooks",
         "metadata",
         "random",
@@ -87,6 +88,8 @@ class Settings:
         # Every bucket hears about every answer (the contract in buckets._base).
         self.record_throttle: Callable[[Any], None] = bucket.record_throttle
         self.record_success: Callable[[], None] = bucket.record_success
+        #: The bucket's answer to a full long window (see Bucket.hold_window).
+        self.hold_window: Callable[[float], float | None] = bucket.hold_window
 
     def on_answer(self, throttled: bool, round: Any) -> None:
         """Tell the bucket and the retry budget how an attempt was answered."""

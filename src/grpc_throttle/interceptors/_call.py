@@ -90,10 +90,12 @@ class ThrottledCall(grpc.Call, _bases.Future):
         self._act(action)
         return self
 
-    def take_over_throttled(self, outcome: Any, trailing_metadata: Any) -> ThrottledCall:
-        """Go on from a first attempt the fast path sent and saw answered throttled."""
+    def take_over_throttled(
+        self, outcome: Any, trailing_metadata: Any, answer: Any = True, response: Any = None
+    ) -> ThrottledCall:
+        """Go on from a first attempt the fast path sent and saw answered over quota (``answer``)."""
         self._inner = outcome
-        self._act_on_answer(outcome, None, True, trailing_metadata)
+        self._act_on_answer(outcome, response, answer, trailing_metadata)
         return self
 
     def _acquire(self) -> None:
@@ -199,14 +201,14 @@ class ThrottledCall(grpc.Call, _bases.Future):
             if not (isinstance(error, grpc.RpcError) and throttle.error_throttled(error)):
                 self._finish(None, error, inner)  # a plain failure: no signal either way
                 return
-            throttled = True
+            answer: Any = True
         else:
             response = inner.result()
-            throttled = throttle.response_throttled(response)
-        self._act_on_answer(inner, response, throttled, _trailing_metadata(inner) if throttled else None)
+            answer = throttle.quota_answer(response)
+        self._act_on_answer(inner, response, answer, _trailing_metadata(inner) if answer else None)
 
-    def _act_on_answer(self, inner: Any, response: Any, throttled: bool, trailing_metadata: Any) -> None:
-        action = self._plan.answered(throttled, trailing_metadata)
+    def _act_on_answer(self, inner: Any, response: Any, answer: Any, trailing_metadata: Any) -> None:
+        action = self._plan.answered(answer, trailing_metadata)
         if isinstance(action, Finish):
             self._finish(response, None, inner)
             return

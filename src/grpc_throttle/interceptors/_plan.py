@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import grpc
 
 from ..events import GaveUp, RetryScheduled, emit
-from ..policy import server_pushback
+from ..policy import QuotaAnswer, server_pushback
 from ._attempts import Settings
 from ._finished import LocalRpcError
 
@@ -170,21 +170,57 @@ class CallPlan:
 
     # -- the answer ----------------------------------------------------------
 
-    def answered(self, throttled: bool, trailing_metadata: Any = None) -> Finish | Backoff | GiveUp:
-        """An attempt was answered; ``throttled`` as the throttle policy classified it.
+    def answered(self, answer: QuotaAnswer | bool | None, trailing_metadata: Any = None) -> Finish | Backoff | GiveUp:
+        """An attempt was answered; ``answer`` as the throttle policy classified it.
 
-        A plain failure (an error the policy does not call throttled) is no
-        signal either way: report it with :meth:`failed` instead.
+        None (or False) for an answer that is not over quota, True or
+        :data:`SLOW_DOWN` for a throttled one, or the policy's
+        :class:`QuotaAnswer` for a full window or a used-up quota. A plain
+        failure (an error the policy does not call throttled) is no signal
+        either way: report it with :meth:`failed` instead.
         """
         settings = self.settings
-        settings.on_answer(throttled, self.round)
-        if not throttled:
+        if answer is None or answer is False:
+            settings.on_answer(False, self.round)
             return Finish()
+        if answer is True or answer.kind == "slow_down":
+            settings.on_answer(True, self.round)
+            self._throttled = True
+            delay = self._delay_before_retry(trailing_metadata)
+            return GiveUp() if delay is None else Backoff(delay)
+        if answer.kind == "exhausted":
+            settings.stats.add("quota_exhausted")
+            return Finish()  # never retried: the answer goes back as it is
+        return self._window_full(answer.window)
+
+    def _window_full(self, window: float) -> Backoff | GiveUp:
+        # A long window (an hourly limit) is full. With a matching limit on
+        # the bucket, it holds every new call until the window frees, and
+        # this call reserves again if its deadline lets it wait that long;
+        # otherwise the policy says: hand the answer back, or retry a whole
+        # window later. Never a retry every few seconds for the hour.
+        settings = self.settings
+        settings.stats.add("window_full")
         self._throttled = True
-        delay = self._delay_before_retry(trailing_metadata)
-        if delay is None:
-            return GiveUp()
-        return Backoff(delay)
+        reason: Any
+        free_in = settings.hold_window(window)
+        if self.attempt >= settings.retry.max_attempts:
+            reason = "attempts"
+        elif free_in is not None or settings.throttle.on_window == "backoff":
+            wait = window if free_in is None else free_in
+            if wait < self.remaining():
+                if free_in is None:  # the policy's back-off (a wait the bucket holds is a token wait)
+                    settings.stats.add("backoff_seconds", wait)
+                if settings.hooks:
+                    emit(settings.hooks, RetryScheduled(self.method, self.attempt, wait, False))
+                return Backoff(0.0 if free_in is not None else wait)
+            reason = "deadline"
+        else:
+            reason = "window"
+        settings.stats.add("give_ups")
+        if settings.hooks:
+            emit(settings.hooks, GaveUp(self.method, self.attempt, reason))
+        return GiveUp()
 
     def _delay_before_retry(self, trailing_metadata: Any) -> float | None:
         # The server's own wait, when it gave one, replaces the back-off. No

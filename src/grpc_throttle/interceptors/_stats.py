@@ -28,6 +28,10 @@ class Stats:
     deadline_rejections: int = 0
     #: Calls cancelled by the caller before they finished.
     cancelled: int = 0
+    #: Answers saying a long quota window (e.g. hourly) is full.
+    window_full: int = 0
+    #: Answers saying the quota is used up (e.g. monthly): handed back, never retried.
+    quota_exhausted: int = 0
     #: Seconds spent waiting for tokens, summed over attempts.
     token_wait_seconds: float = 0.0
     #: Seconds spent backing off between attempts, summed over calls.

@@ -243,8 +243,8 @@ class ThrottlingInterceptor(_bases.AioUnaryUnary):
                 plan.cancelled()
                 raise
             else:
-                throttled = settings.throttle.response_throttled(response)
-                action = plan.answered(throttled, await call.trailing_metadata() if throttled else None)
+                answer = settings.throttle.quota_answer(response)
+                action = plan.answered(answer, await call.trailing_metadata() if answer else None)
             if isinstance(action, (Finish, GiveUp)):
                 return call
             throttled_call, call = call, None

@@ -209,11 +209,15 @@ class _UnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
             outcome: Any = error
             trailers = error.trailing_metadata()
         else:
-            if not settings.throttle.response_throttled(response):
-                plan.answered(False)
+            answer = settings.throttle.quota_answer(response)
+            if answer is None:
+                plan.answered(None)
                 return response
-            outcome = Outcome(response, call)
-            trailers = call.trailing_metadata()
+            return (
+                self._blocking(details, request, plan)
+                .take_over_throttled(Outcome(response, call), call.trailing_metadata(), answer, response)
+                .result()
+            )
         return self._blocking(details, request, plan).take_over_throttled(outcome, trailers).result()
 
     def with_call(

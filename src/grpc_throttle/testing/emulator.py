@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -28,7 +28,7 @@ from clarifai_grpc.grpc.api.status import status_code_pb2, status_pb2
 
 from .. import _checks
 from .control import Counters, add_control_service
-from .quota import Quota, make_quota
+from .quota import CountWindow, Quota, make_quota
 
 __all__ = ["ClarifaiEmulator", "user_key"]
 
@@ -68,10 +68,12 @@ def user_key(authorization: str | None) -> str:
 class _User:
     """One user's quota and tallies (guarded by the emulator's lock)."""
 
-    __slots__ = ("admitted", "quota", "throttled", "times")
+    __slots__ = ("admitted", "quota", "throttled", "times", "windows")
 
-    def __init__(self, quota: Quota) -> None:
+    def __init__(self, quota: Quota, windows: list[tuple[CountWindow, int]]) -> None:
         self.quota = quota
+        #: The long windows, each with the status code that says it is full.
+        self.windows = windows
         self.admitted = 0
         self.throttled = 0
         #: Clock time of each admitted call, in order.
@@ -93,6 +95,12 @@ class ClarifaiEmulator:
             (see :func:`~grpc_throttle.testing.make_quota`).
         burst: Bucket size for ``"token-bucket"``; default one second's worth.
         throttle_with: ``"body"`` (Clarifai's answer) or ``"grpc"``.
+        windows: Longer quotas each user has besides ``rate``, as
+            ``(count, seconds, code)``: at most ``count`` calls in any
+            ``seconds``, answered with body ``status.code`` ``code`` when full
+            (Clarifai: 11003 for its hourly limit, 11004 for its monthly one).
+            Checked before the per-second quota, which a refused call does
+            not charge.
         host: Interface to listen on.
         port: Port to listen on; 0 picks a free one.
         max_workers: Threads serving calls.
@@ -112,6 +120,7 @@ class ClarifaiEmulator:
         policy: str = "token-bucket",
         burst: float | None = None,
         throttle_with: str = "body",
+        windows: Sequence[tuple[int, float, int]] = (),
         host: str = "127.0.0.1",
         port: int = 0,
         max_workers: int = 32,
@@ -120,6 +129,7 @@ class ClarifaiEmulator:
         make_quota(policy, rate, burst)  # validates rate, policy and burst
         if throttle_with not in ("body", "grpc"):
             raise ValueError(f"throttle_with must be 'body' or 'grpc', got {throttle_with!r}")
+        self.windows = tuple(_check_window(w) for w in windows)
         if not isinstance(host, str) or not host:
             raise ValueError(f"host must be a non-empty string, got {host!r}")
         if _checks.whole("port", port, 0) > 65535:
@@ -237,17 +247,29 @@ class ClarifaiEmulator:
         with self._lock:
             user = self._users.get(key)
             if user is None:
-                user = self._users[key] = _User(make_quota(self.policy, self.rate, self.burst))
+                windows = [(CountWindow(count, seconds), code) for count, seconds, code in self.windows]
+                user = self._users[key] = _User(make_quota(self.policy, self.rate, self.burst), windows)
             now = self._clock()
-            admitted = user.quota.admit(now)
+            full = next(((w, code) for w, code in user.windows if w.full(now)), None)
+            admitted = full is None and user.quota.admit(now)
             if admitted:
                 user.admitted += 1
                 user.times.append(now)
+                for window, _ in user.windows:
+                    window.add(now)
             else:
                 user.throttled += 1
         req_id = uuid.uuid4().hex
         if admitted:
             return status_pb2.Status(code=status_code_pb2.SUCCESS, description="Ok", req_id=req_id)
+        if full is not None:
+            window, code = full
+            return status_pb2.Status(
+                code=code,
+                description="Exceeded the usage limit",
+                details=f"exceeded limit of {window.count} requests per {window.seconds:g} s",
+                req_id=req_id,
+            )
         details = f"exceeded limit of {_fmt(self.rate)} requests per second"
         if self.throttle_with == "grpc":
             message = f"Making too many requests: {details}"
@@ -328,6 +350,16 @@ class _V2Servicer(service_pb2_grpc.V2Servicer):  # type: ignore[misc]
             )
             return service_pb2.SingleAppResponse(status=missing)
         return service_pb2.SingleAppResponse(status=status, app=resources_pb2.App(id=ids.app_id, user_id=ids.user_id))
+
+
+def _check_window(window: Any) -> tuple[int, float, int]:
+    if not isinstance(window, tuple) or len(window) != 3:
+        raise ValueError(f"windows must hold (count, seconds, code) tuples, got {window!r}")
+    count, seconds, code = window
+    CountWindow(count, seconds)  # validates count and seconds, naming them
+    if _checks.whole("window code", code, 1) == status_code_pb2.SUCCESS:
+        raise ValueError(f"a window's code must not be SUCCESS ({status_code_pb2.SUCCESS}), got {code!r}")
+    return int(count), float(seconds), int(code)
 
 
 def _short(key: str) -> str:

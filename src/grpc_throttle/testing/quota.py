@@ -20,6 +20,7 @@ from .. import _checks
 
 __all__ = [
     "POLICIES",
+    "CountWindow",
     "FixedWindowQuota",
     "Quota",
     "SlidingWindowQuota",
@@ -164,6 +165,44 @@ class SlidingWindowQuota:
 
     def __repr__(self) -> str:
         return f"SlidingWindowQuota(rate={self.rate:g}, in_window={len(self._admitted)})"
+
+
+class CountWindow:
+    """At most ``count`` calls in any window ``(t - seconds, t]``: a long quota such as an hourly one.
+
+    Unlike the per-second policies it is asked first (:meth:`full`) and told
+    later (:meth:`add`), so a server can check every window before charging any.
+
+    Args:
+        count: Calls allowed in one window, a whole number >= 1.
+        seconds: The window's length (> 0, finite).
+
+    Example:
+        >>> window = CountWindow(2, 10.0)
+        >>> window.add(0.0); window.add(1.0); window.full(9.0), window.full(10.0)
+        (True, False)
+    """
+
+    def __init__(self, count: int, seconds: float) -> None:
+        #: Calls allowed in one window.
+        self.count = _checks.whole("count", count, 1)
+        #: The window's length in seconds.
+        self.seconds = _checks.positive("seconds", seconds)
+        #: Admission times still inside the window, oldest first.
+        self._admitted: collections.deque[float] = collections.deque()
+
+    def full(self, now: float) -> bool:
+        """True when a call at ``now`` would make more than ``count`` in its window."""
+        while self._admitted and self._admitted[0] <= now - self.seconds:
+            self._admitted.popleft()
+        return len(self._admitted) >= self.count
+
+    def add(self, now: float) -> None:
+        """Count a call admitted at ``now``."""
+        self._admitted.append(now)
+
+    def __repr__(self) -> str:
+        return f"CountWindow(count={self.count}, seconds={self.seconds:g}, in_window={len(self._admitted)})"
 
 
 #: Policy names accepted by :func:`make_quota`.
