@@ -163,11 +163,13 @@ def serve_aio_echo(conn: Connection) -> None:
     asyncio.run(main())
 
 
-def serve_emulator(conn: Connection, rate: float, policy: str, burst: float | None, workers: int) -> None:
+def serve_emulator(
+    conn: Connection, rate: float, policy: str, burst: float | None, workers: int, windows: Any = ()
+) -> None:
     """Child process: a ``ClarifaiEmulator``; the parent reads it through ``ControlClient``."""
     from grpc_throttle.testing import ClarifaiEmulator
 
-    with ClarifaiEmulator(rate=rate, policy=policy, burst=burst, max_workers=workers) as emulator:
+    with ClarifaiEmulator(rate=rate, policy=policy, burst=burst, max_workers=workers, windows=windows) as emulator:
         conn.send(emulator.target)
         conn.recv()
 

@@ -59,7 +59,7 @@ def closed_port() -> int:
 
 
 def test_demo_prints_both_runs_and_the_interceptor_loses_nothing() -> None:
-    result = run_cli("demo", "--calls", "30", "--threads", "4", "--rate", "15")
+    result = run_cli("demo", "--calls", "30", "--threads", "4", "--rate", "15", "--bursts", "3")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     header = next(
@@ -81,6 +81,19 @@ def test_demo_prints_both_runs_and_the_interceptor_loses_nothing() -> None:
     assert "\r" not in result.stderr
     assert "30/30" in progress[0]
     assert "30/30" in progress[1]
+    # The bursty part: its own table, the bare channel beside grpc-throttle.
+    bursty = result.stdout[result.stdout.index("Bursty traffic below the quota") :]
+    assert "3 bursts of 10 calls" in bursty
+    assert table_row(bursty, "calls") == ["30", "30"]
+    assert table_row(bursty, "succeeded") == ["30", "30"]
+    assert table_row(bursty, "throttled answers (server)") == ["0", "0"]
+    assert all(cell.endswith(" ms") for cell in table_row(bursty, "latency p90"))
+
+
+def test_demo_bursts_zero_skips_the_bursty_part() -> None:
+    result = run_cli("demo", "--calls", "5", "--threads", "2", "--bursts", "0")
+    assert result.returncode == 0, result.stderr
+    assert "Bursty traffic" not in result.stdout
 
 
 def test_demo_plot_writes_a_png(tmp_path: Path) -> None:
@@ -91,7 +104,7 @@ def test_demo_plot_writes_a_png(tmp_path: Path) -> None:
             pytest.skip("matplotlib is not installed (the bench extra)")
         raise
     out = tmp_path / "out.png"
-    result = run_cli("demo", "--calls", "20", "--threads", "2", "--plot", str(out))
+    result = run_cli("demo", "--calls", "20", "--threads", "2", "--bursts", "2", "--plot", str(out))
     assert result.returncode == 0, result.stderr
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert f"plot written to {out}" in result.stdout
@@ -165,6 +178,7 @@ def port_in_use() -> tuple[socket.socket, int]:
         (["demo", "--rate", "nan"], 2, "--rate: must be a number > 0"),
         (["demo", "--calls", "0"], 2, "--calls: must be a whole number >= 1"),
         (["demo", "--threads", "two"], 2, "--threads: must be a whole number >= 1"),
+        (["demo", "--bursts", "-1"], 2, "--bursts: must be a whole number >= 0, got '-1'"),
         (["demo", "--plot", "/no/such/folder/out.png"], 2, "does not exist"),
         (["demo", "--policy", "fixed-window", "--burst", "3"], 2, "--burst only applies"),
         (["emulator", "--port", "70000"], 2, "--port: must be a port number"),

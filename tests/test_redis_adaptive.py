@@ -270,9 +270,8 @@ def test_while_redis_is_down_the_fallback_adapts_locally(make: Make, own_redis_s
     bucket.record_throttle(first.round)  # same round: once
     a, b = bucket.reserve(), bucket.reserve()
     assert a is not None and b is not None
-    assert b.delay - a.delay == pytest.approx(1 / 7, rel=0.01)
+    assert b.delay - a.delay == pytest.approx(1 / 7, rel=0.01)  # one cut, not two
     bucket.record_success()  # no Redis, no error
-    assert bucket.round == 1
 
 
 def test_a_down_redis_with_fail_policy_does_not_raise_from_signals(

@@ -44,6 +44,22 @@ def test_successes_grow_the_burst_to_the_rate_window_then_a_window_goes_at_once(
     assert delays[10:] == pytest.approx([1.0 + bucket.guard] * 2)
 
 
+def test_slow_start_sends_its_burst_per_even_interval_and_a_throttle_in_a_burst_ends_it() -> None:
+    bucket, clock = make(rate=10)
+    for _ in range(3):
+        bucket.record_success()  # burst 4, below the window of 10: still slow start
+    reservations = [bucket.reserve() for _ in range(8)]
+    # 4 per even interval, so the pace grows with every answer (not 4 in any 0.4 s).
+    assert [r.delay for r in reservations] == pytest.approx([0.0] * 4 + [0.1] * 4)  # type: ignore[union-attr]
+    paired = reservations[1]
+    assert paired is not None and paired.round % 2 == 1  # sent with another: a burst
+    bucket.record_throttle(paired.round)
+    assert bucket.burst == 2
+    clock.advance(5)
+    # Past slow start the burst is a token bucket's: 2 at once, then 2 per 0.2 s.
+    assert [bucket.reserve().delay for _ in range(4)] == pytest.approx([0.0, 0.0, 0.2, 0.2])  # type: ignore[union-attr]
+
+
 def test_a_declared_burst_is_used_from_the_first_call() -> None:
     bucket, _ = make(rate=15, capacity=15)
     delays = [bucket.reserve().delay for _ in range(17)]  # type: ignore[union-attr]

@@ -11,18 +11,8 @@ from hypothesis import strategies as st
 
 from grpc_throttle import Limit, TokenBucket
 from grpc_throttle.buckets._window import Window, WindowLog, rate_window
+from tests.arrivals import most_in_any_window
 from tests.clock import VirtualClock
-
-
-def most_in_any_window(times: list[float], span: float) -> int:
-    """The most sends in any half-open window (t - span, t] (to 1 ns: a send may sit on the edge)."""
-    times = sorted(times)
-    best, first = 0, 0
-    for last, t in enumerate(times):
-        while times[first] <= t - span + 1e-9:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 def test_a_limit_holds_with_the_rate() -> None:

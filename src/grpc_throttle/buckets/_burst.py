@@ -8,7 +8,10 @@ its window:
 * **Slow start.** The burst starts at 1 and grows by one with every
   successful answer, up to the threshold (at first the rate's window, or the
   declared burst), so a strict server is found with one throttled call
-  rather than a window's worth.
+  rather than a window's worth. While it lasts, the bucket sends ``size``
+  calls per even interval (``1/rate``), so the pace doubles as fast as
+  answers come back and the first window is not spent evenly spaced: a
+  sliding-window server never gives back a window spent that way.
 * **A throttled answer to a call sent in a burst** halves the burst (not
   below 1), and the threshold with it; the bucket re-plans its queue.
 * **Widening again** past the threshold is slow: one more call per
@@ -42,6 +45,11 @@ class BurstState:
     successes: int = 0
     #: False when the burst is fixed (no adaptation): always ``most``.
     learn: bool = True
+
+    @property
+    def slow_start(self) -> bool:
+        """True until the burst first reaches its threshold (or a throttle sets one)."""
+        return self.learn and self.size < self.threshold
 
     @property
     def settled(self) -> bool:

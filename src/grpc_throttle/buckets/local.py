@@ -345,7 +345,11 @@ class TokenBucket(Bucket):
         windows = [Window(most, most / rate + (guard if most / rate >= 1 else 0.0))]
         size = self._burst.size
         if size < most:
-            windows.append(Window(size, size / rate))
+            # In slow start, ``size`` calls per even interval: the pace grows
+            # with every success, as fast as answers come back, and the first
+            # send a strict server refuses is the second of a pair. Past it, a
+            # token bucket of that burst: ``size`` calls in any ``size`` intervals.
+            windows.append(Window(size, (1.0 if self._burst.slow_start else size) / rate))
         for limit in self._limits:
             windows.append(Window(max(1.0, math.floor(limit.count * scale + _EPSILON)), limit.seconds + guard))
         self._windows = tuple(windows)

@@ -95,6 +95,9 @@ def _build_parser() -> _Parser:
         default=1.0,
         help="the recipe's sleep after a throttled answer; Clarifai documents 15 s (default 1)",
     )
+    demo.add_argument(
+        "--bursts", type=_whole, default=12, help="bursts in the bursty part below the quota; 0 skips it (default 12)"
+    )
     demo.add_argument("--plot", metavar="FILE.png", help="draw requests/s over time (needs matplotlib)")
     demo.set_defaults(run=_demo)
 
@@ -136,6 +139,7 @@ def _demo(args: argparse.Namespace) -> int:
         policy=args.policy,
         burst=args.burst,
         recipe_wait=args.recipe_wait,
+        bursts=args.bursts,
     )
     if args.burst is not None and args.policy != "token-bucket":
         raise UsageError(f"--burst only applies to --policy token-bucket, not {args.policy}")
@@ -275,12 +279,20 @@ def _seconds(text: str) -> float:
 
 
 def _count(text: str) -> int:
+    return _at_least(text, 1)
+
+
+def _whole(text: str) -> int:
+    return _at_least(text, 0)
+
+
+def _at_least(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
     return value
 
 

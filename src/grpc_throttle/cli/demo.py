@@ -1,13 +1,20 @@
 """``grpc-throttle demo``: Clarifai's documented retry recipe against the interceptor.
 
-Both runs make the same batch of ``ListModelTypes`` calls from several threads
-to the embedded emulator, each as its own user (so their quotas never
-interact): first on a bare channel with the recipe from Clarifai's docs (on
-status 11005, sleep, then retry), then through grpc-throttle.
+Two parts, each run as users of their own on the embedded emulator (so their
+quotas never interact):
+
+* **A batch above the quota.** The same ``ListModelTypes`` calls from several
+  threads, first on a bare channel with the recipe from Clarifai's docs (on
+  status 11005, sleep, then retry), then through grpc-throttle.
+* **Bursty traffic below the quota.** Bursts of two thirds of the quota at
+  once every 1.25 s, on a bare channel and through grpc-throttle at the same
+  time: nothing throttles the bare channel, so any latency grpc-throttle adds
+  is its own.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import secrets
@@ -44,6 +51,15 @@ class DemoConfig:
     recipe_wait: float = 1.0
     #: The longest a call may take, retries included, before it counts as lost.
     call_timeout: float = 30.0
+    #: Bursts in the bursty part (0 skips it).
+    bursts: int = 12
+    #: Seconds from one burst to the next.
+    burst_every: float = 1.25
+
+    @property
+    def burst_calls(self) -> int:
+        """Calls per burst in the bursty part: two thirds of the quota (10 at 15/s)."""
+        return max(1, math.floor(self.rate * 2 / 3))
 
     @property
     def server_burst(self) -> float:
@@ -149,7 +165,13 @@ def run_demo(config: DemoConfig, *, out: TextIO, err: TextIO) -> list[RunResult]
             retries = interceptor.stats().retries
             interceptor.bucket.remove_listener(on_rate)
         runs.append(_result(batch, emulator, user_key(f"Key {our_pat}"), retries, [], changes))
-    print(format_table(runs, config), file=out, flush=True)
+        print(format_table(runs, config), file=out, flush=True)
+        if config.bursts:
+            emulator.reset()
+            bursty = _bursty(emulator, config, tag, request, service_pb2_grpc)
+            print(_bursty_header(config), file=out)
+            print(format_bursty_table(bursty), file=out, flush=True)
+            runs += bursty
     return runs
 
 
@@ -176,6 +198,98 @@ def format_table(runs: list[RunResult], config: DemoConfig) -> str:
     lines = ["", f"{'':<28}" + "".join(f"{r.name:>{width}}" for r in runs)]
     lines += [f"{label:<28}" + "".join(f"{show(r):>{width}}" for r in runs) for label, show in rows]
     return "\n".join(lines)
+
+
+def format_bursty_table(runs: list[RunResult]) -> str:
+    """The bursty runs side by side: what the calls waited, and what the server refused."""
+    rows: list[tuple[str, Callable[[RunResult], str]]] = [
+        ("calls", lambda r: str(r.calls)),
+        ("succeeded", lambda r: str(r.succeeded)),
+        ("throttled answers (server)", lambda r: str(r.throttled)),
+        ("latency p50", lambda r: f"{r.latency(0.50) * 1e3:.1f} ms"),
+        ("latency p90", lambda r: f"{r.latency(0.90) * 1e3:.1f} ms"),
+        ("latency p99", lambda r: f"{r.latency(0.99) * 1e3:.1f} ms"),
+    ]
+    width = max(20, *(len(r.name) + 2 for r in runs))
+    lines = ["", f"{'':<28}" + "".join(f"{r.name:>{width}}" for r in runs)]
+    lines += [f"{label:<28}" + "".join(f"{show(r):>{width}}" for r in runs) for label, show in rows]
+    return "\n".join(lines)
+
+
+def _bursty_header(config: DemoConfig) -> str:
+    return "\n".join(
+        [
+            "",
+            f"Bursty traffic below the quota: {config.bursts} bursts of {config.burst_calls} calls at once, "
+            f"one every {config.burst_every:g} s,",
+            "on a bare channel and through grpc-throttle at the same time, each as its own user. Nothing",
+            "throttles the bare channel: what grpc-throttle adds to its latency is the cost of pacing.",
+        ]
+    )
+
+
+def _bursty(emulator: Any, config: DemoConfig, tag: str, request: Any, grpc_module: Any) -> list[RunResult]:
+    """Both bursty runs at once; each burst's calls of the two clients are interleaved."""
+    from clarifai_grpc.channel.clarifai_channel import ClarifaiChannel
+
+    from .. import client
+    from ..testing import user_key
+
+    bare_pat, our_pat = f"demo-bare-{tag}", f"demo-bursty-{tag}"
+    bare_channel = ClarifaiChannel.get_insecure_grpc_channel(base=emulator.host, port=emulator.port)
+    our_channel = client.clarifai_insecure_channel(emulator.target, our_pat, rate=config.rate)
+    bare_stub, our_stub = grpc_module.V2Stub(bare_channel), grpc_module.V2Stub(our_channel)
+    bare_metadata = (("authorization", f"Key {bare_pat}"),)
+    names = ("bare channel", "grpc-throttle")
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    succeeded = dict.fromkeys(names, 0)
+    lock = threading.Lock()
+
+    def call(name: str) -> None:
+        started = time.monotonic()
+        try:
+            if name == "bare channel":
+                reply = bare_stub.ListModelTypes(request, metadata=bare_metadata, timeout=config.call_timeout)
+            else:
+                reply = our_stub.ListModelTypes(request, timeout=config.call_timeout)
+            ok = reply.status.code == _SUCCESS
+        except grpc.RpcError:
+            ok = False
+        elapsed = time.monotonic() - started
+        with lock:
+            latencies[name].append(elapsed)
+            succeeded[name] += ok
+
+    size = config.burst_calls
+    with bare_channel, our_channel, concurrent.futures.ThreadPoolExecutor(2 * size) as pool:
+        start = time.monotonic()
+        pending = []
+        for burst in range(config.bursts):
+            time.sleep(max(0.0, start + burst * config.burst_every - time.monotonic()))
+            for i in range(size):
+                order = names if i % 2 == 0 else names[::-1]  # neither client always goes first
+                pending += [pool.submit(call, name) for name in order]
+        for future in pending:
+            future.result()
+        wall = time.monotonic() - start
+        retries = client.interceptor_of(our_channel).stats().retries
+    per_user = emulator.counters().per_user
+    runs = []
+    for name, pat in zip(names, (bare_pat, our_pat), strict=True):
+        user = user_key(f"Key {pat}")
+        runs.append(
+            RunResult(
+                name=f"{name} (bursty)",
+                calls=size * config.bursts,
+                succeeded=succeeded[name],
+                throttled=per_user.get(user, (0, 0))[1],
+                retries=retries if name == "grpc-throttle" else 0,
+                wall=wall,
+                latencies=tuple(latencies[name]),
+                admitted_at=tuple(t - start for t in emulator.admission_times(user)),
+            )
+        )
+    return runs
 
 
 def _header(config: DemoConfig) -> str:
