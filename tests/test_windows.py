@@ -46,7 +46,7 @@ def test_a_cut_scales_the_counts_of_declared_limits() -> None:
     bucket = TokenBucket(rate=10, burst=10, limits=[Limit(100, 60)], clock=clock)
     bucket.set_effective_rate(5)
     counts = sorted(window.calls for window in bucket._windows)
-    assert counts == [5, 50]
+    assert counts == [5, 10, 50]  # the cut rate's window, the configured one beside it, the limit scaled
 
 
 def test_a_full_hourly_window_holds_new_calls_until_its_oldest_send_leaves() -> None:

@@ -14,8 +14,9 @@ by bisection on the cumulative weights, and the reservation may go at
 ``time[p] + seconds``. Because sends are only ever appended at the end, a
 window ending at the new send is the only one it can overfill.
 
-Memory is the sends within the longest window: one float, one cumulative
-float and one reference each. Past ``max_entries`` (16,384) live sends, the
+Memory is the sends within the longest window (the bucket prunes every
+:data:`PRUNE_EVERY` sends, so at most that many more are kept):
+one float, one cumulative float and one reference each. Past ``max_entries`` (16,384) live sends, the
 sends already past are merged pairwise into the later of each pair
 (``merge``): a merged send counts as if all of it went at its latest moment,
 so windows can only be over-counted, never under. A window is then over-counted
@@ -34,10 +35,12 @@ from typing import Any, NamedTuple
 
 from .. import _checks
 
-__all__ = ["MAX_ENTRIES", "Limit", "Window", "WindowLog", "rate_window"]
+__all__ = ["MAX_ENTRIES", "PRUNE_EVERY", "Limit", "Window", "WindowLog", "rate_window"]
 
 #: Live sends kept exactly before older ones are merged (see the module doc).
 MAX_ENTRIES = 16_384
+#: Sends between two prunes: pruning is amortized off the hot path.
+PRUNE_EVERY = 256
 #: Rounding noise in weights and times.
 _EPSILON = 1e-9
 #: The largest count and window accepted for a Limit.
@@ -101,7 +104,7 @@ def rate_window(rate: float) -> tuple[float, float]:
 class WindowLog:
     """The sends of one bucket, past and planned, oldest first (see the module doc)."""
 
-    __slots__ = ("_cum", "_head", "_max_entries", "_owners", "_times")
+    __slots__ = ("_cum", "_head", "_max_entries", "_owners", "_times", "horizon", "previous")
 
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         #: Each send's time on the bucket's clock, in order.
@@ -113,6 +116,10 @@ class WindowLog:
         #: Index of the oldest send still kept.
         self._head = 0
         self._max_entries = max_entries
+        #: Seconds of past sends to keep: the longest window (the owner sets it).
+        self.horizon = math.inf
+        #: The time of the send before the one :meth:`place` put last (-inf if none).
+        self.previous = -math.inf
 
     def __len__(self) -> int:
         return len(self._times) - self._head
@@ -142,6 +149,48 @@ class WindowLog:
             t = times[p] + span
             if t > start:
                 start = t
+        return start
+
+    def place(
+        self, start: float, now: float, weight: float, windows: tuple[Window, ...], latest: float, owner: Any
+    ) -> float | None:
+        """Append a send at the earliest time >= ``start`` and >= :attr:`last` that fits every window.
+
+        The hot path of a reservation: :meth:`earliest` and :meth:`append` in
+        one call, and a prune every :data:`PRUNE_EVERY` sends (``now`` is the
+        present). Returns the send's time, or None (nothing added) when that
+        is later than ``latest``. :attr:`previous` is then the send before it.
+        """
+        times, cum = self._times, self._cum
+        if not len(times) % PRUNE_EVERY:  # every PRUNE_EVERY sends: whatever prune removes, more are added
+            self.prune(now - self.horizon, now)
+        if not times:
+            if start > latest:
+                return None
+            cum.append(weight)
+            times.append(start)
+            self._owners.append(owner)
+            self.previous = -math.inf
+            return start
+        last = times[-1]
+        if last > start:
+            start = last
+        total = cum[-1]
+        head = self._head
+        floor = cum[head - 1] if head else 0.0
+        for count, span in windows:
+            need = total - count + weight - _EPSILON
+            if need > floor:
+                p = bisect.bisect_left(cum, need, head)
+                t = times[p if p < len(cum) else p - 1] + span
+                if t > start:
+                    start = t
+        if start > latest:
+            return None
+        cum.append(total + weight)
+        times.append(start)
+        self._owners.append(owner)
+        self.previous = last
         return start
 
     def append(self, when: float, weight: float, owner: Any) -> None:

@@ -180,7 +180,6 @@ class TokenBucket(Bucket):
         #: The windows in force, derived from the above by _reshape_locked.
         self._windows: tuple[Window, ...] = ()
         self._interval = 1.0 / rate
-        self._horizon = 0.0
         self._reshape_locked()
         #: Called with a RateChanged on every change of the effective rate.
         self._listeners = Listeners()
@@ -342,7 +341,11 @@ class TokenBucket(Bucket):
         count, span = rate_window(rate)
         most = max(count, self._most_burst(rate))
         guard = self._guard
-        windows = [Window(most, most / rate + (guard if most / rate >= 1 else 0.0))]
+        windows = [self._rate_window(rate)]
+        if rate < self._rate:
+            # A cut's window is shorter as well as emptier: (3 in 4.3 s) lets
+            # 6 through in 5 s. The configured one still holds beside it.
+            windows.append(self._rate_window(self._rate))
         size = self._burst.size
         if size < most:
             # In slow start, ``size`` calls per even interval: the pace grows
@@ -358,7 +361,13 @@ class TokenBucket(Bucket):
         # stretches the rate's window up to the adaptation floor's).
         low = self._adaptive.floor(self._rate) if self._adaptive is not None else rate
         longest = max(span, rate_window(low)[1], max(self._most_burst(low), 1.0) / low)
-        self._horizon = max([longest, *(limit.seconds for limit in self._limits)]) + guard
+        self._log.horizon = max([longest, *(limit.seconds for limit in self._limits)]) + guard
+
+    def _rate_window(self, rate: float) -> Window:
+        """The rate's own window at ``rate``: its count (or the burst), plus the guard from a second up."""
+        most = max(rate_window(rate)[0], self._most_burst(rate))
+        span = most / rate
+        return Window(most, span + (self._guard if span >= 1 else 0.0))
 
     def _replan_locked(self) -> None:
         """Plan the waiting calls again, in order, under the windows now in force."""
@@ -391,39 +400,38 @@ class TokenBucket(Bucket):
         """
         if tokens != 1:
             self._check_tokens(tokens)
-        lock = self._lock
-        lock.acquire()
-        try:
+        # Filled in before the lock is taken; kept only if it fits max_wait.
+        reservation = _new(Reservation)
+        reservation.tokens = tokens
+        reservation._bucket = self
+        reservation._done = False
+        with self._lock:
             now = self._clock()
-            log = self._log
-            log.prune(now - self._horizon, now)
-            last = log.last
-            start = now if now > last else last
-            if start < self._not_before:
-                start = self._not_before
-            start = log.earliest(start, tokens, self._windows)
-            wait = start - now
-            if wait <= _EPSILON:
-                wait = 0.0
-            elif wait > max_wait:
+            log, held = self._log, self._not_before
+            start = log.place(
+                now if now > held else held, now, tokens, self._windows, now + max_wait + _EPSILON, reservation
+            )
+            if start is None:
                 return None
-            # Filled in under the lock: a re-plan may move ready_at at once.
-            reservation = _new(Reservation)
-            reservation.tokens = tokens
-            reservation.delay = wait
+            # Under the lock: a re-plan may move ready_at at once.
             reservation.ready_at = start
-            reservation._bucket = self
-            reservation._done = False
+            wait = start - now
+            reservation.delay = wait if wait > _EPSILON else 0.0
             # Sent less than one even interval after the call before: a burst.
-            reservation.round = self._round * 2 + (start < last + tokens * self._interval - _EPSILON)
-            log.append(start, tokens, reservation)
-        finally:
-            lock.release()
+            reservation.round = self._round * 2 + (start < log.previous + tokens * self._interval - _EPSILON)
         return reservation
 
     def try_acquire(self, tokens: float = 1) -> bool:
         """Take ``tokens`` if they are available right now; never waits."""
-        return self.reserve(tokens, max_wait=0.0) is not None
+        if tokens != 1:
+            self._check_tokens(tokens)
+        with self._lock:
+            now = self._clock()
+            held = self._not_before
+            return (
+                self._log.place(now if now > held else held, now, tokens, self._windows, now + _EPSILON, None)
+                is not None
+            )
 
     def acquire(self, tokens: float = 1, *, timeout: float | None = None) -> bool:
         """Block the calling thread until ``tokens`` are taken.
