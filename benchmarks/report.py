@@ -139,7 +139,7 @@ def goodput(d: dict[str, Any]) -> tuple[list[str], list[Verdict]]:
     who = f"{c['processes']} processes x {c['threads']} threads" if "processes" in c else f"{c['threads']} threads"
     headers = ["server policy", "client", "wall s", "ideal s", "wall/ideal", "answered throttled", "lost"]
     rows, verdicts = [], []
-    for r in d["results"]:
+    for r in d.get("results", []):
         ratio = r["wall_s"] / r["ideal_s"] if r["ideal_s"] else math.nan
         cut = f" (cut in {r['cut_at_budget']})" if r.get("cut_at_budget") else ""
         throttled = f"{pct(r['throttled_share'])} ({r['sent']:.0f} sent)"
@@ -148,7 +148,33 @@ def goodput(d: dict[str, Any]) -> tuple[list[str], list[Verdict]]:
         for target, met in r.get("targets", {}).items():
             verdicts.append(check(f"{r['client']}, {r['policy']}", target, measured(target, r), met))
     intro = f"Q = {c['rate']:g}/s, {c['calls']} calls from {who}, median of {c['repeat']} runs.\n"
-    return [intro, h.table([*headers, "p50 s", "p99 s"], rows)], verdicts
+    out = [intro, h.table([*headers, "p50 s", "p99 s"], rows)]
+    if "bursty" in d:
+        lines, more = bursty(d)
+        out += lines
+        verdicts += more
+    return out, verdicts
+
+
+def bursty(d: dict[str, Any]) -> tuple[list[str], list[Verdict]]:
+    """bench_goodput's bursty part: latency added to calls below the quota, against a bare channel."""
+    c = d["config"]
+    rows, verdicts = [], []
+    for r in d["bursty"]:
+        added = f"+{r['added_p50_ms']:.1f} / +{r['added_p90_ms']:.1f}" if "added_p50_ms" in r else "(reference)"
+        latencies = [f"{r[k] * 1e3:.1f}" for k in ("p50_s", "p90_s", "p99_s")]
+        rows.append([r["policy"], r["client"], *latencies, added, f"{r['throttled']} of {r['calls']}"])
+        for target, met in r.get("targets", {}).items():
+            shown = {"p50": f"+{r['added_p50_ms']:.1f} ms", "p90": f"+{r['added_p90_ms']:.1f} ms"}
+            value = next((v for k, v in shown.items() if target.startswith(k)), f"{r['throttled']}")
+            verdicts.append(check(f"{r['client']}, bursty, {r['policy']}", target, value, met))
+    intro = (
+        f"\n### Bursty traffic below the quota\n\nQ = {c['bursty_rate']:g}/s; bursts of {c['burst_size']} calls at "
+        f"once every {c['burst_every']:g} s, {c['bursts']} bursts a run; the bare channel and grpc-throttle run at the "
+        f"same time as two users; median of {c['repeat']} runs (throttled: summed).\n"
+    )
+    headers = ["server policy", "client", "p50 ms", "p90 ms", "p99 ms", "added p50 / p90 ms", "throttled"]
+    return [intro, h.table(headers, rows)], verdicts
 
 
 def acquire(d: dict[str, Any]) -> tuple[list[str], list[Verdict]]:
