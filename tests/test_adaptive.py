@@ -112,7 +112,7 @@ def test_effective_rate_stays_between_floor_and_configured(events: list[tuple[bo
 
 
 def test_the_effective_rate_paces_reservations() -> None:
-    bucket, _ = make(rate=10)
+    bucket, _ = make(rate=10, burst=1)
     bucket.reserve()
     bucket.record_throttle(bucket.round)  # 7 tokens/s now
     nxt = bucket.reserve()

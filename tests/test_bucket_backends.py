@@ -27,6 +27,7 @@ from grpc_throttle.buckets.redis import RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
 from tests import redis_server as redis_server_module
+from tests.arrivals import most_in_any_window
 from tests.loop_bucket import LoopBucket
 from tests.scripted import ECHO_POLICY
 
@@ -58,7 +59,12 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
         kwargs.update(key=bucket_key, timeout=1.0, on_failure="fail")
         bucket: RedisTokenBucket | LoopBucket
         if backend == "local":
-            return TokenBucket(**{k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive")})
+            # The contract shared with Redis is its even schedule (burst 1 unless
+            # a capacity is given); the local bucket's window-shaped schedule and
+            # learned bursts are pinned in test_windows.py and test_token_bucket.py.
+            local = {k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive")}
+            local.setdefault("capacity", 1)
+            return TokenBucket(**local)
         if backend == "redis":
             bucket = RedisTokenBucket.from_url(url, **kwargs)
         elif backend == "redis-aio":
@@ -108,7 +114,11 @@ def test_the_rate_holds_over_a_window_for_many_threads(make: Make) -> None:
         thread.start()
     for thread in threads:
         thread.join(15)
-    assert 0.6 * rate * window <= len(admitted) <= rate * window + 1 + 2
+    # Every backend's contract: no second holds more than the rate (+1 for the
+    # edge of an even schedule). The local bucket may send a window's worth at
+    # once, Redis spaces them evenly; both keep up at least 60 % of the rate.
+    assert len(admitted) >= 0.6 * rate * window
+    assert most_in_any_window(admitted, 0.9) <= rate + 1
 
 
 def test_reservations_are_served_in_order_one_interval_apart(make: Make) -> None:

@@ -54,10 +54,11 @@ def test_slow_start_sends_its_burst_per_even_interval_and_a_throttle_in_a_burst_
     paired = reservations[1]
     assert paired is not None and paired.round % 2 == 1  # sent with another: a burst
     bucket.record_throttle(paired.round)
-    assert bucket.burst == 2
+    # Halved, and the rate cut as for any throttle.
+    assert bucket.burst == 2 and bucket.effective_rate == pytest.approx(7)
     clock.advance(5)
-    # Past slow start the burst is a token bucket's: 2 at once, then 2 per 0.2 s.
-    assert [bucket.reserve().delay for _ in range(4)] == pytest.approx([0.0, 0.0, 0.2, 0.2])  # type: ignore[union-attr]
+    # Past slow start the burst is a token bucket's: 2 at once, then 2 per 2/7 s.
+    assert [bucket.reserve().delay for _ in range(4)] == pytest.approx([0.0, 0.0, 2 / 7, 2 / 7])  # type: ignore[union-attr]
 
 
 def test_a_declared_burst_is_used_from_the_first_call() -> None:

@@ -13,7 +13,8 @@ its window:
   answers come back and the first window is not spent evenly spaced: a
   sliding-window server never gives back a window spent that way.
 * **A throttled answer to a call sent in a burst** halves the burst (not
-  below 1), and the threshold with it; the bucket re-plans its queue.
+  below 1), and the threshold with it; the bucket lowers its rate as for
+  any throttle and re-plans its queue.
 * **Widening again** past the threshold is slow: one more call per
   ``WIDEN_AFTER`` windows' worth of successes.
 

@@ -88,11 +88,10 @@ class TokenBucket(Bucket):
     Servers that allow smaller bursts are learned: a throttled answer to a
     call sent in a burst halves the burst (down to even spacing, one call
     every ``1/rate``); bursts then widen slowly again. Until the first
-    answers come back the burst starts small and grows with each success,
-    as TCP's window does (slow start), so the first lesson is cheap. A
-    throttled answer to a call that was evenly spaced lowers the rate
-    instead (``adaptive``). Waiters already queued are re-planned, in order,
-    on every cut.
+    answers come back the burst starts at 1 and grows with each success,
+    as TCP's window does (slow start), so the first lesson is cheap. Every
+    throttled answer also lowers the rate (``adaptive``). Waiters already
+    queued are re-planned, in order, on every cut.
 
     Taking tokens is a reservation: a short update under a lock that says how
     long to wait, so waiters are served in the order they asked, with no
@@ -278,9 +277,12 @@ class TokenBucket(Bucket):
     def record_throttle(self, round: int) -> None:
         """Report a throttled answer to an attempt whose reservation had ``round``.
 
-        One signal per round: calls sent together are throttled together. A
-        call that was sent in a burst halves the burst; one that was evenly
-        spaced lowers the rate (``beta``), and the queue is re-planned.
+        One signal per round: calls sent together are throttled together.
+        Every signal lowers the rate (``beta``); one for a call sent in a
+        burst also halves the burst. A throttle cannot say which was too much
+        (a strict server refuses the burst, a quota shared with other clients
+        refuses the rate), and a burst halved alone leaves a client sharing
+        its quota throttled for many rounds. The queue is re-planned.
         """
         if self._adaptive is None:
             return
@@ -291,9 +293,6 @@ class TokenBucket(Bucket):
             self._round += 1
             if in_burst and self._burst.size > 1:
                 self._burst = _burst.on_throttle(self._burst)
-                self._reshape_locked()
-                self._replan_locked()
-                return
             old = self._effective_rate
             self._cubic = _cubic.on_throttle(self._adaptive, self._cubic, self._rate, self._clock())
             self._set_effective_locked(self._cubic.rate, replan=True)
