@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.drivers import SYNC_DRIVERS
+from tests.redis_deployments import RedisSentinel
 from tests.redis_server import RedisCluster, RedisServer, require_redis
 from tests.scripted import AioEchoServer, EchoServer
 
@@ -53,6 +54,17 @@ def redis_cluster() -> Iterator[RedisCluster]:
     require_redis(cluster=True)
     with RedisCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinel]:
+    """A master, a replica and three sentinels for the whole session (about 0.3 s to start).
+
+    Tests that fail over leave it in sync, with master and replica swapped.
+    """
+    require_redis()
+    with RedisSentinel() as deployment:
+        yield deployment
 
 
 @pytest.fixture

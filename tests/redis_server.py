@@ -19,7 +19,14 @@ import time
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["RedisCluster", "RedisServer", "redis_cli_binary", "redis_server_binary", "require_redis"]
+__all__ = [
+    "RedisCluster",
+    "RedisServer",
+    "free_port",
+    "redis_cli_binary",
+    "redis_server_binary",
+    "require_redis",
+]
 
 
 def redis_server_binary() -> str | None:
@@ -32,7 +39,7 @@ def redis_cli_binary() -> str | None:
     return shutil.which("redis-cli")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -48,7 +55,13 @@ class RedisServer:
     """
 
     def __init__(
-        self, binary: str | None = None, *, startup_timeout: float = 10.0, extra_args: Sequence[str] = ()
+        self,
+        binary: str | None = None,
+        *,
+        startup_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
+        config: str | None = None,
+        port: int | None = None,
     ) -> None:
         found = binary or redis_server_binary()
         if found is None:
@@ -57,8 +70,14 @@ class RedisServer:
         self.startup_timeout = startup_timeout
         #: More redis-server arguments, e.g. ("--requirepass", "pw") or ("--replicaof", host, port).
         self.extra_args = tuple(extra_args)
-        self.port = _free_port()
+        self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="grpc-throttle-redis-")
+        #: A config file, given first on the command line (a sentinel needs one it can rewrite).
+        self._config: str | None = None
+        if config is not None:
+            self._config = os.path.join(self._dir.name, "redis.conf")
+            with open(self._config, "w", encoding="utf-8") as file:
+                file.write(config)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +92,7 @@ class RedisServer:
         """Start the server (on the same port as before) and wait until it answers PING."""
         if self.running:
             return
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        args = [self.binary, *([self._config] if self._config else []), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
         args += ["--daemonize", "no", "--loglevel", "warning", *self.extra_args]
         deadline = time.monotonic() + self.startup_timeout
@@ -105,6 +124,16 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
+    def directory(self) -> str:
+        """The server's working directory (removed by :meth:`close`)."""
+        return self._dir.name
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
@@ -168,7 +197,7 @@ class RedisCluster:
         # The bus port defaults to port + 10000, past 65535 for many free ports: pick it too.
         #: The masters, one redis-server each.
         self.nodes = [
-            RedisServer(extra_args=(*cluster_args, "--cluster-port", str(_free_port()))) for _ in range(masters)
+            RedisServer(extra_args=(*cluster_args, "--cluster-port", str(free_port()))) for _ in range(masters)
         ]
 
     @property

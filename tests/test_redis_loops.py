@@ -96,9 +96,9 @@ async def test_aclose_closes_this_loops_connections_and_a_later_call_reconnects(
 ) -> None:
     bucket = RedisTokenBucket.from_url(redis_server.url, key=bucket_key, rate=10, timeout=1.0, on_failure="fail")
     assert isinstance(await bucket.reserve(), RedisReservation)
-    own, _ = await bucket._clients.get()
+    own = (await bucket._clients.get()).client
     await bucket.aclose()
     assert bucket._clients.current() is None
     assert isinstance(await bucket.reserve(), RedisReservation)  # a new client for this loop
-    assert (await bucket._clients.get())[0] is not own
+    assert (await bucket._clients.get()).client is not own
     await bucket.aclose()

@@ -23,7 +23,7 @@ bucket builds once, the asyncio bucket once per event loop (``_redis_loops``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import redis
@@ -51,10 +51,22 @@ __all__ = [
 #: URL schemes of a Sentinel deployment (as the ``limits`` library spells them).
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
-#: A sync bucket's own client and the wire that runs its scripts.
-SyncMade = tuple[Any, Wire | ClusterWire]
-#: The same for asyncio, made once per event loop.
-AsyncMade = tuple[Any, AsyncWire | AsyncClusterWire]
+
+class SyncMade(NamedTuple):
+    """A sync bucket's own client, the wire that runs its scripts, and its Sentinel if any."""
+
+    client: Any
+    wire: Wire | ClusterWire
+    #: The bucket's own Sentinel (its clients of the sentinels), closed with the client.
+    sentinel: Any = None
+
+
+class AsyncMade(NamedTuple):
+    """The same for asyncio, made once per event loop."""
+
+    client: Any
+    wire: AsyncWire | AsyncClusterWire
+    sentinel: Any = None
 
 
 def _sentinel_parts(
@@ -78,6 +90,28 @@ def _sentinel_parts(
     return addresses, sentinel_kwargs, master_kwargs
 
 
+#: The clients each bucket takes, by the names its error message gives.
+_SYNC_TYPES = {
+    "redis.Redis": redis.Redis,
+    "redis.cluster.RedisCluster": redis.cluster.RedisCluster,
+    "redis.sentinel.Sentinel": redis.sentinel.Sentinel,
+}
+_ASYNC_TYPES = {
+    "redis.asyncio.Redis": redis.asyncio.Redis,
+    "redis.asyncio.cluster.RedisCluster": redis.asyncio.cluster.RedisCluster,
+    "redis.asyncio.sentinel.Sentinel": redis.asyncio.sentinel.Sentinel,
+}
+
+
+def _check_type(client: Any, accepted: dict[str, type], other: dict[str, type], hint: str) -> None:
+    """ValueError unless ``client`` is one of ``accepted``; names the other bucket for ``other``'s."""
+    if isinstance(client, tuple(accepted.values())):
+        return
+    names = list(accepted)
+    use = f"; use {hint}" if isinstance(client, tuple(other.values())) else ""
+    raise ValueError(f"client must be a {', '.join(names[:-1])} or {names[-1]}, got {type(client).__name__}{use}")
+
+
 def _check_service(client: Any, service_name: str | None, sentinel_types: tuple[type, ...]) -> None:
     if isinstance(client, sentinel_types):
         if not isinstance(service_name, str) or not service_name:
@@ -93,21 +127,21 @@ def sync_client(client: Any, service_name: str | None, key: str, timeout: float)
         ValueError: ``client`` is no sync Redis client this bucket takes, or
             ``service_name`` does not fit it.
     """
-    sentinel_types = (redis.sentinel.Sentinel,)
-    _check_service(client, service_name, sentinel_types)
+    _check_type(client, _SYNC_TYPES, _ASYNC_TYPES, "grpc_throttle.buckets.redis_aio.RedisTokenBucket for redis.asyncio")
+    _check_service(client, service_name, (redis.sentinel.Sentinel,))
     retry = redis.retry.Retry(NoBackoff(), 0)
     if isinstance(client, redis.cluster.RedisCluster):
         kwargs = cluster_kwargs(client, client.nodes_manager.connection_kwargs, timeout, retry)
         nodes = [redis.cluster.ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
         own = redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
-        return (own, ClusterWire(own, key)), True
+        return SyncMade(own, ClusterWire(own, key)), True
     if isinstance(client, redis.sentinel.Sentinel):
         addresses, sentinel_kwargs, master_kwargs = _sentinel_parts(client, timeout, retry)
         sentinel = redis.sentinel.Sentinel(
             addresses, min_other_sentinels=client.min_other_sentinels, sentinel_kwargs=sentinel_kwargs
         )
         own = sentinel.master_for(service_name, **master_kwargs)
-        return (own, Wire(own.connection_pool, key)), False
+        return SyncMade(own, Wire(own.connection_pool, key), sentinel), False
     if isinstance(client, redis.Redis):
         pool = client.connection_pool
         if isinstance(pool, redis.sentinel.SentinelConnectionPool):
@@ -117,17 +151,8 @@ def sync_client(client: Any, service_name: str | None, key: str, timeout: float)
             )
         kwargs = pool_kwargs(pool, timeout, retry)
         own = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
-        return (own, Wire(own.connection_pool, key)), False
-    async_types = (redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster, redis.asyncio.sentinel.Sentinel)
-    hint = (
-        "; use grpc_throttle.buckets.redis_aio.RedisTokenBucket for redis.asyncio"
-        if isinstance(client, async_types)
-        else ""
-    )
-    raise ValueError(
-        "client must be a redis.Redis, redis.cluster.RedisCluster or redis.sentinel.Sentinel, "
-        f"got {type(client).__name__}{hint}"
-    )
+        return SyncMade(own, Wire(own.connection_pool, key)), False
+    raise AssertionError("unreachable: _check_type accepted the client")
 
 
 def async_recipe(
@@ -138,8 +163,8 @@ def async_recipe(
     Raises:
         ValueError: as :func:`sync_client`.
     """
-    sentinel_types = (redis.asyncio.sentinel.Sentinel,)
-    _check_service(client, service_name, sentinel_types)
+    _check_type(client, _ASYNC_TYPES, _SYNC_TYPES, "grpc_throttle.buckets.redis.RedisTokenBucket for a sync client")
+    _check_service(client, service_name, (redis.asyncio.sentinel.Sentinel,))
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     if isinstance(client, redis.asyncio.cluster.RedisCluster):
         kwargs = cluster_kwargs(client, client.connection_kwargs, timeout, retry)
@@ -148,7 +173,7 @@ def async_recipe(
         def make_cluster() -> AsyncMade:
             nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in addresses]
             own = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
-            return own, AsyncClusterWire(own, key)
+            return AsyncMade(own, AsyncClusterWire(own, key))
 
         return make_cluster, True
     if isinstance(client, redis.asyncio.sentinel.Sentinel):
@@ -160,7 +185,7 @@ def async_recipe(
                 addresses, min_other_sentinels=min_other, sentinel_kwargs=sentinel_kwargs
             )
             own = sentinel.master_for(service_name, **master_kwargs)
-            return own, AsyncWire(own.connection_pool, key)
+            return AsyncMade(own, AsyncWire(own.connection_pool, key), sentinel)
 
         return make_sentinel, False
     if isinstance(client, redis.asyncio.Redis):
@@ -177,34 +202,31 @@ def async_recipe(
             own = redis.asyncio.Redis(
                 connection_pool=redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
             )
-            return own, AsyncWire(own.connection_pool, key)
+            return AsyncMade(own, AsyncWire(own.connection_pool, key))
 
         return make_plain, False
-    sync_types = (redis.Redis, redis.cluster.RedisCluster, redis.sentinel.Sentinel)
-    hint = (
-        "; use grpc_throttle.buckets.redis.RedisTokenBucket for a sync client" if isinstance(client, sync_types) else ""
-    )
-    raise ValueError(
-        "client must be a redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster or "
-        f"redis.asyncio.sentinel.Sentinel, got {type(client).__name__}{hint}"
-    )
+    raise AssertionError("unreachable: _check_type accepted the client")
 
 
 async def aclose_made(made: AsyncMade) -> None:
-    """Close one loop's client and its connections."""
-    own, wire = made
-    await own.aclose()
-    if isinstance(wire, AsyncWire):
-        await own.connection_pool.disconnect()
+    """Close one loop's client and its connections (and those to the sentinels)."""
+    await made.client.aclose()
+    if isinstance(made.wire, AsyncWire):
+        await made.client.connection_pool.disconnect()
+    if made.sentinel is not None:
+        for client in made.sentinel.sentinels:
+            await client.aclose()
 
 
 def close_made(made: SyncMade) -> None:
-    """Close the sync client's connections."""
-    own, wire = made
-    if isinstance(wire, ClusterWire):
-        own.close()
+    """Close the sync client's connections (and those to the sentinels)."""
+    if isinstance(made.wire, ClusterWire):
+        made.client.close()
     else:
-        own.connection_pool.disconnect()
+        made.client.connection_pool.disconnect()
+    if made.sentinel is not None:
+        for client in made.sentinel.sentinels:
+            client.close()
 
 
 def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:

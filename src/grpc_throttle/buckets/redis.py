@@ -149,10 +149,12 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         )
         super().__init__(settings, rate, clock, adaptive)
         made, self._cluster = sync_client(client, service_name, self._key, settings.timeout)
-        #: The bucket's own client: the caller's settings, the bucket's timeout, no retries.
-        self._redis: Any = made[0]
+        #: The bucket's own client (the caller's settings, the bucket's timeout, no retries) and more.
+        self._made = made
+        #: That client.
+        self._redis: Any = made.client
         #: Runs the scripts on that client (see _redis_wire).
-        self._wire: Wire | ClusterWire = made[1]
+        self._wire: Wire | ClusterWire = made.wire
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
@@ -290,7 +292,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     def close(self) -> None:
         """Close the bucket's connections (the client passed in is not touched)."""
-        close_made((self._redis, self._wire))
+        close_made(self._made)
 
     # -- Redis -----------------------------------------------------------
 

@@ -302,7 +302,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         # about as much as the round trip), loading the script when Redis does
         # not know it (first use, SCRIPT FLUSH; another flush may come between
         # the load and the call, hence a few tries).
-        _, wire = await self._clients.get()
+        wire = (await self._clients.get()).wire
         for _ in range(_LOAD_TRIES):
             try:
                 return await wire.evalsha(SHAS[name], args, more_keys)
@@ -312,7 +312,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
 
     async def _key_type(self) -> str | None:
         try:
-            own, _ = await self._clients.get()
+            own = (await self._clients.get()).client
             kind = await own.type(self.key)
         except redis.RedisError:
             return None

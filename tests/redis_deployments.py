@@ -1,0 +1,151 @@
+"""Throwaway Redis deployments beyond one server: Sentinel, TLS with an ACL user, Valkey.
+
+Loopback only, free ports, no persistence; each stops its processes on
+``close()`` (the session fixtures in conftest.py call it).
+
+Example:
+    >>> with RedisSentinel() as deployment:
+    ...     deployment.url  # redis+sentinel://127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>/mymaster
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+
+from tests.redis_server import RedisServer, free_port
+
+__all__ = ["RedisSentinel"]
+
+
+def _info_field(reply: bytes, name: str) -> str | None:
+    for line in reply.decode(errors="replace").splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _resp_strings(reply: bytes) -> list[str]:
+    """The bulk strings of a raw RESP reply, in order (enough for flat SENTINEL replies)."""
+    lines = reply.decode(errors="replace").split("\r\n")
+    return [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("$")]
+
+
+class RedisSentinel:
+    """One master, one replica and three sentinels watching them as ``service``.
+
+    Fast settings, so that a failover takes about a second: the master is
+    "down" after ``down_after_ms`` and the replica syncs without delay
+    (``repl-diskless-sync-delay 0``).
+    """
+
+    def __init__(self, service: str = "mymaster", *, down_after_ms: int = 1000, startup_timeout: float = 20.0) -> None:
+        self.service = service
+        self.startup_timeout = startup_timeout
+        fast_sync = ("--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0")
+        #: Both data servers; which one is the master changes on a failover.
+        self.master = RedisServer(extra_args=fast_sync)
+        self.replica = RedisServer(extra_args=(*fast_sync, "--replicaof", "127.0.0.1", str(self.master.port)))
+        config = (
+            f"sentinel monitor {service} 127.0.0.1 {self.master.port} 2\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 3000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        #: The three sentinels.
+        self.sentinels = [RedisServer(config=config, extra_args=("--sentinel",), port=free_port()) for _ in range(3)]
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The sentinels' addresses, as ``redis.sentinel.Sentinel`` takes them."""
+        return [("127.0.0.1", sentinel.port) for sentinel in self.sentinels]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{host}:{port}" for host, port in self.addresses)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def master_port(self, sentinel: RedisServer | None = None) -> int | None:
+        """The master's port as a sentinel (the second by default) sees it."""
+        sentinel = sentinel or self.sentinels[1]
+        reply = sentinel.command(f"SENTINEL get-master-addr-by-name {self.service}".encode())
+        lines = reply.decode(errors="replace").split("\r\n")
+        return int(lines[4]) if len(lines) > 4 and lines[4].isdigit() else None
+
+    def start(self) -> None:
+        """Start everything and wait until the replica is in sync and each sentinel knows it."""
+        self.master.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        self.wait_in_sync(self.startup_timeout, sentinels=True)
+
+    def _ready(self, sentinels: bool) -> bool:
+        if _info_field(self.replica.command(b"INFO replication"), "role") != "slave":
+            return False
+        if _info_field(self.replica.command(b"INFO replication"), "master_link_status") != "up":
+            return False
+        for sentinel in self.sentinels if sentinels else ():
+            # The replica must be known, connected and in sync, or a failover finds no replica to promote.
+            fields = _resp_strings(sentinel.command(f"SENTINEL replicas {self.service}".encode()))
+            state = dict(zip(fields[::2], fields[1::2], strict=False))
+            if state.get("port") != str(self.replica.port) or state.get("flags") != "slave":
+                return False
+            if state.get("master-link-status") != "ok":
+                return False
+        return True
+
+    def failover(self, timeout: float = 15.0) -> int:
+        """``SENTINEL FAILOVER``; returns once every sentinel names the new master (its port).
+
+        :attr:`master` and :attr:`replica` swap. The old master still runs as a
+        master until the sentinels turn it into a replica, on their next INFO
+        of it (every 10 s): :meth:`wait_in_sync` waits for that.
+        """
+        self.wait_in_sync(sentinels=True)  # after an earlier failover: else NOGOODSLAVE
+        old = self.master_port()
+        reply = self.sentinels[0].command(f"SENTINEL FAILOVER {self.service}".encode())
+        if not reply.startswith(b"+OK"):
+            raise RuntimeError(f"SENTINEL FAILOVER answered {reply!r}")
+        deadline = time.monotonic() + timeout
+        while True:
+            ports = {self.master_port(sentinel) for sentinel in self.sentinels}
+            if len(ports) == 1 and None not in ports and old not in ports:
+                new = ports.pop()
+                assert new is not None
+                if new == self.replica.port:
+                    self.master, self.replica = self.replica, self.master
+                if _info_field(self.master.command(b"INFO replication"), "role") == "master":
+                    return new
+            if time.monotonic() > deadline:
+                raise RuntimeError("the failover did not complete")
+            time.sleep(0.02)
+
+    def wait_in_sync(self, timeout: float = 30.0, *, sentinels: bool = False) -> None:
+        """Wait until the replica follows the master, in sync (and, with ``sentinels``, every
+        sentinel has seen that: a failover needs it, and it takes one more INFO period)."""
+        deadline = time.monotonic() + timeout
+        while not self._ready(sentinels):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not come back in sync")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for server in (*self.sentinels, self.replica, self.master):
+            server.close()
+
+    def __enter__(self) -> RedisSentinel:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

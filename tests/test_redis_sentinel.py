@@ -1,0 +1,169 @@
+"""The Redis bucket through Sentinel: lookup, failover, and a hung sentinel, on real servers.
+
+The session's deployment (``redis_sentinel``: one master, one replica, three
+sentinels) is shared; a failover test leaves it in sync with the roles swapped.
+The behaviour suite runs through Sentinel too (test_bucket_backends.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+import redis
+import redis.asyncio.sentinel
+import redis.sentinel
+
+from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
+from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
+from tests.redis_deployments import RedisSentinel
+
+
+def test_a_sentinel_object_and_a_service_name(redis_sentinel: RedisSentinel, bucket_key: str) -> None:
+    sentinel = redis.sentinel.Sentinel(redis_sentinel.addresses)
+    bucket = RedisTokenBucket(sentinel, service_name="mymaster", key=bucket_key, rate=2, on_failure="fail", timeout=1)
+    try:
+        delays = [bucket.reserve().delay for _ in range(3)]  # type: ignore[union-attr]
+        assert delays[0] == 0 and 0.3 < delays[1] < 0.51 and 0.8 < delays[2] < 1.01
+        # The key lives on the master the sentinels name.
+        assert redis_sentinel.master.command(f"EXISTS grpc-throttle:{bucket_key}".encode()) == b":1\r\n"
+    finally:
+        bucket.close()
+        sentinel.close()  # type: ignore[no-untyped-call]
+
+
+async def test_the_asyncio_bucket_through_sentinel_from_two_loops(
+    redis_sentinel: RedisSentinel, bucket_key: str
+) -> None:
+    bucket = AsyncRedisTokenBucket.from_url(redis_sentinel.url, key=bucket_key, rate=2, on_failure="fail", timeout=1)
+
+    async def reserve() -> float:
+        reservation = await bucket.reserve()
+        assert reservation is not None and type(reservation).__name__ == "RedisReservation"
+        return reservation.delay
+
+    first = await reserve()
+    second = await asyncio.to_thread(asyncio.run, reserve())  # another thread, another loop
+    assert first == 0 and 0.3 < second < 0.51
+    await bucket.aclose()
+
+
+def test_the_url_and_service_name_are_checked(redis_sentinel: RedisSentinel) -> None:
+    good = dict(key="k", rate=1)
+    for url, message in [
+        ("redis+sentinel://127.0.0.1:1", "the path must be /service_name"),
+        ("redis+sentinel://127.0.0.1:1/a/b/c", "the path must be /service_name"),
+        ("redis+sentinel://127.0.0.1/mymaster", "each sentinel must be host:port, got '127.0.0.1'"),
+        ("redis+sentinel://:secret@127.0.0.1:99999/mymaster", "got '127.0.0.1:99999'"),
+    ]:
+        with pytest.raises(ValueError, match=message) as caught:
+            RedisTokenBucket.from_url(url, **good)  # type: ignore[arg-type]
+        assert "secret" not in str(caught.value)
+    sentinel = redis.sentinel.Sentinel(redis_sentinel.addresses)
+    with pytest.raises(ValueError, match="service_name must name the Sentinel service"):
+        RedisTokenBucket(sentinel, **good)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="service_name is for a Sentinel client only, got it with a Redis"):
+        RedisTokenBucket(redis.Redis(), service_name="mymaster", **good)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pass the Sentinel itself and service_name="):
+        RedisTokenBucket(sentinel.master_for("mymaster"), **good)  # type: ignore[arg-type]
+    aio_sentinel = redis.asyncio.sentinel.Sentinel(redis_sentinel.addresses)
+    with pytest.raises(ValueError, match=r"use grpc_throttle\.buckets\.redis_aio\.RedisTokenBucket"):
+        RedisTokenBucket(aio_sentinel, service_name="m", **good)  # type: ignore[arg-type]
+    sentinel.close()  # type: ignore[no-untyped-call]
+
+
+def test_credentials_and_db_in_the_url_reach_sentinels_and_master() -> None:
+    from grpc_throttle.buckets._redis_clients import parse_sentinel_url
+
+    addresses, service, kwargs = parse_sentinel_url("rediss+sentinel://u:p%40ss@h1:26379,[::1]:26380/svc/3")
+    assert addresses == [("h1", 26379), ("::1", 26380)] and service == "svc"
+    assert kwargs == {"username": "u", "password": "p@ss", "ssl": True, "db": 3}
+
+
+def _replicated(deployment: RedisSentinel, key: str, deadline: float = 5.0) -> None:
+    """Wait until the replica holds what the master holds at ``key``."""
+    end = time.monotonic() + deadline
+    line = f"HGETALL {key}".encode()
+    while deployment.master.command(line) != deployment.replica.command(line):
+        assert time.monotonic() < end, "the replica did not catch up"
+        time.sleep(0.01)
+
+
+def test_sentinel_failover_keeps_the_shared_schedule(redis_sentinel: RedisSentinel, bucket_key: str) -> None:
+    """The invariant: the promoted replica holds the schedule, so a process connecting after the
+    failover takes no slot before the last one granted before it.
+
+    A process connected to the old master keeps using it until Sentinel turns
+    it into a replica (on its next INFO of it, up to 10 s later); its next
+    call then meets READONLY, gets the local fallback for ``cooldown``, and
+    comes back on the promoted master, after every slot taken there.
+    """
+    rate = 4.0
+    kwargs: dict[str, Any] = dict(key=bucket_key, rate=rate, timeout=0.2, cooldown=0.1, on_failure="local")
+    bucket = RedisTokenBucket.from_url(redis_sentinel.url, **kwargs)
+    queued = [bucket.reserve() for _ in range(12)]  # three seconds of the schedule
+    assert all(isinstance(r, RedisReservation) for r in queued)
+    last_before = queued[-1].ready_at  # type: ignore[union-attr]
+    _replicated(redis_sentinel, f"grpc-throttle:{bucket_key}")
+    try:
+        started = time.monotonic()
+        redis_sentinel.failover()
+        failover_took = time.monotonic() - started
+        # A process that starts after the failover continues the schedule: not a fresh bucket.
+        fresh = RedisTokenBucket.from_url(redis_sentinel.url, **kwargs)
+        first = fresh.reserve(max_wait=60)
+        assert isinstance(first, RedisReservation), "the promoted master did not answer"
+        assert first.ready_at >= last_before + 0.9 / rate, (first.ready_at - last_before, failover_took)
+    finally:
+        redis_sentinel.wait_in_sync()
+    # The process that was connected to the old master comes back to the promoted one by itself.
+    fallback = 0
+    deadline = time.monotonic() + 5
+    while not isinstance(reservation := bucket.reserve(max_wait=60), RedisReservation):
+        fallback += 1
+        assert time.monotonic() < deadline, "the bucket did not come back to Redis"
+        time.sleep(0.02)
+    assert reservation.ready_at > first.ready_at  # after the fresh process's slot: one schedule
+    assert fallback <= 10, fallback
+    print(f"failover: {failover_took:.2f} s; fallback reservations after it: {fallback}")
+    bucket.close()
+    fresh.close()
+
+
+@pytest.mark.parametrize("flavour", ["sync", "aio"])
+def test_a_hung_sentinel_costs_one_timeout_not_seconds(
+    redis_sentinel: RedisSentinel, bucket_key: str, flavour: str
+) -> None:
+    timeout = 0.1
+    hung = redis_sentinel.sentinels[0]  # the first one asked: the URL names it first
+    hung.pause()
+    try:
+        # A new bucket: its first call looks the master up (connect and ask each sentinel in turn).
+        started = time.monotonic()
+        if flavour == "sync":
+            bucket = RedisTokenBucket.from_url(redis_sentinel.url, key=bucket_key, rate=10, timeout=timeout)
+            reservation = bucket.reserve()
+            took = time.monotonic() - started
+            bucket.close()
+        else:
+            aio = AsyncRedisTokenBucket.from_url(redis_sentinel.url, key=bucket_key, rate=10, timeout=timeout)
+
+            async def one() -> Any:
+                try:
+                    return await aio.reserve()
+                finally:
+                    took_box.append(time.monotonic() - started)
+                    await aio.aclose()
+
+            took_box: list[float] = []
+            reservation = asyncio.run(one())
+            took = took_box[0]
+    finally:
+        hung.resume()
+    assert type(reservation).__name__ == "RedisReservation"  # the next sentinel named the master
+    # The hung sentinel's reply times out after `timeout` (no retry); the rest is
+    # connects and round trips on loopback. redis-py's defaults take 4-10 s here.
+    print(f"hung sentinel, {flavour}: first call took {took * 1000:.0f} ms with timeout={timeout * 1000:.0f} ms")
+    assert timeout <= took < timeout + 0.4, took
