@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.drivers import SYNC_DRIVERS
-from tests.redis_deployments import RedisSentinel
+from tests.redis_deployments import RedisSentinel, RedisTLS
 from tests.redis_server import RedisCluster, RedisServer, require_redis
 from tests.scripted import AioEchoServer, EchoServer
 
@@ -64,6 +64,14 @@ def redis_sentinel() -> Iterator[RedisSentinel]:
     """
     require_redis()
     with RedisSentinel() as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="session")
+def redis_tls() -> Iterator[RedisTLS]:
+    """A TLS-only server (certificates made by openssl) with an ACL user for buckets."""
+    require_redis(tools=("openssl",))
+    with RedisTLS() as deployment:
         yield deployment
 
 

@@ -10,12 +10,27 @@ Example:
 
 from __future__ import annotations
 
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
 import time
 from types import TracebackType
 
+from grpc_throttle.buckets._redis_config import acl_rules
 from tests.redis_server import RedisServer, free_port
 
-__all__ = ["RedisSentinel"]
+__all__ = ["ACL_PASSWORD", "ACL_USER", "RedisSentinel", "RedisTLS", "openssl_binary"]
+
+#: The ACL user the TLS server allows for buckets, with the rules the package states (acl_rules()).
+ACL_USER = "throttle"
+ACL_PASSWORD = "throttle-secret"
+
+
+def openssl_binary() -> str | None:
+    """Path of ``openssl`` on PATH, or None."""
+    return shutil.which("openssl")
 
 
 def _info_field(reply: bytes, name: str) -> str | None:
@@ -135,6 +150,91 @@ class RedisSentinel:
             server.close()
 
     def __enter__(self) -> RedisSentinel:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisTLS:
+    """A ``redis-server`` speaking TLS only (``--port 0``), with an ACL user for buckets.
+
+    ``openssl`` makes a CA and a certificate for 127.0.0.1 signed by it, plus
+    a second CA that signed nothing (a client trusting only that one must
+    fail to verify the server). The ``default`` user keeps full rights for the
+    fixture's own checks; :data:`ACL_USER` has exactly :func:`acl_rules`.
+    """
+
+    def __init__(self) -> None:
+        openssl = openssl_binary()
+        if openssl is None:
+            raise FileNotFoundError("openssl is not on PATH")
+        self._dir = tempfile.TemporaryDirectory(prefix="grpc-throttle-tls-")
+        #: Files: the CA, the server's key and certificate, and the CA that signed nothing.
+        self.ca, self.other_ca = self._path("ca.crt"), self._path("other-ca.crt")
+        cert, key = self._path("server.crt"), self._path("server.key")
+        self._make_certificates(openssl, cert, key)
+        context = ssl.create_default_context(cafile=self.ca)
+        config = f"user default on nopass ~* &* +@all\nuser {ACL_USER} on >{ACL_PASSWORD} {acl_rules()}\n"
+        tls_args = ("--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", self.ca)
+        #: The server.
+        self.server = RedisServer(config=config, extra_args=(*tls_args, "--tls-auth-clients", "no"), tls=context)
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self._dir.name, name)
+
+    def _make_certificates(self, openssl: str, cert: str, key: str) -> None:
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], check=True, capture_output=True, timeout=30)
+
+        ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+        for name in ("ca", "other-ca"):
+            crt, ca_key = self._path(f"{name}.crt"), self._path(f"{name}.key")
+            run("req", "-x509", *ec, "-keyout", ca_key, "-out", crt, "-days", "2", "-subj", f"/CN=grpc-throttle {name}")
+        csr, ext = self._path("server.csr"), self._path("server.ext")
+        with open(ext, "w", encoding="utf-8") as file:
+            file.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        run("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            self.ca,
+            "-CAkey",
+            self._path("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            cert,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        )
+
+    def url(self, *, ca: str | None = None, user: str = ACL_USER, password: str = ACL_PASSWORD) -> str:
+        """A ``rediss://`` URL as the ACL user, trusting ``ca`` (the right CA by default)."""
+        return f"rediss://{user}:{password}@127.0.0.1:{self.server.port}/0?ssl_ca_certs={ca or self.ca}"
+
+    def start(self) -> None:
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> RedisTLS:
         try:
             self.start()
         except BaseException:

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -62,6 +63,7 @@ class RedisServer:
         extra_args: Sequence[str] = (),
         config: str | None = None,
         port: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         found = binary or redis_server_binary()
         if found is None:
@@ -72,6 +74,8 @@ class RedisServer:
         self.extra_args = tuple(extra_args)
         self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="grpc-throttle-redis-")
+        #: With TLS (the caller passes the --tls-* arguments): how this class's own PING connects.
+        self.tls = tls
         #: A config file, given first on the command line (a sentinel needs one it can rewrite).
         self._config: str | None = None
         if config is not None:
@@ -92,7 +96,8 @@ class RedisServer:
         """Start the server (on the same port as before) and wait until it answers PING."""
         if self.running:
             return
-        args = [self.binary, *([self._config] if self._config else []), "--port", str(self.port), "--bind", "127.0.0.1"]
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]
+        args = [self.binary, *([self._config] if self._config else []), *ports, "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
         args += ["--daemonize", "no", "--loglevel", "warning", *self.extra_args]
         deadline = time.monotonic() + self.startup_timeout
@@ -147,16 +152,26 @@ class RedisServer:
     def ping(self, timeout: float = 0.2) -> bool:
         """True when the server answers PING (raw RESP, no client library)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with self._connect(timeout) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # NOAUTH: up, with a password
         except OSError:
             return False
 
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.tls is None:
+            return sock
+        try:
+            return self.tls.wrap_socket(sock, server_hostname="127.0.0.1")
+        except BaseException:
+            sock.close()
+            raise
+
     def command(self, line: bytes, timeout: float = 1.0) -> bytes:
         """One inline command's raw reply (b"" when the server does not answer)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with self._connect(timeout) as sock:
                 sock.sendall(line + b"\r\n")
                 return sock.recv(65536)
         except OSError:
@@ -248,8 +263,11 @@ class RedisCluster:
         self.close()
 
 
-def require_redis(*, cluster: bool = False) -> None:
-    """Skip (or, under CI=true, fail) the calling test when Redis (and redis-cli for a cluster) is missing."""
+def require_redis(*, cluster: bool = False, tools: Sequence[str] = ()) -> None:
+    """Skip (or, under CI=true, fail) the calling test when Redis (and redis-cli for a cluster) is missing.
+
+    ``tools``: more programs the test needs on PATH (e.g. ``openssl``).
+    """
     import pytest  # here, so that the benchmarks can use this module without pytest
 
     missing = []
@@ -257,6 +275,7 @@ def require_redis(*, cluster: bool = False) -> None:
         missing.append("redis-server is not on PATH")
     if cluster and redis_cli_binary() is None:
         missing.append("redis-cli is not on PATH")
+    missing += [f"{tool} is not on PATH" for tool in tools if shutil.which(tool) is None]
     try:
         import redis  # noqa: F401
     except ImportError:

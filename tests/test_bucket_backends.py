@@ -41,6 +41,8 @@ BACKENDS = [
     "redis-cluster-aio",
     "sentinel",
     "sentinel-aio",
+    "tls",
+    "tls-aio",
 ]
 #: The backends with a sync interface of their own.
 SYNC_BACKENDS = [b for b in BACKENDS if not b.endswith("-aio")]
@@ -62,6 +64,8 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
         url = request.getfixturevalue("redis_cluster").url
     elif backend.startswith("sentinel"):
         url = request.getfixturevalue("redis_sentinel").url  # redis+sentinel://...
+    elif backend.startswith("tls"):
+        url = request.getfixturevalue("redis_tls").url()  # rediss://, as the ACL user
     clients: list[Any] = []
 
     def factory(**kwargs: Any) -> Bucket:
@@ -70,9 +74,9 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
         bucket: RedisTokenBucket | LoopBucket
         if backend == "local":
             return TokenBucket(**{k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive")})
-        if backend in ("redis", "sentinel"):
+        if backend in ("redis", "sentinel", "tls"):
             bucket = RedisTokenBucket.from_url(url, **kwargs)
-        elif backend == "redis-aio":
+        elif backend in ("redis-aio", "tls-aio"):
             bucket = LoopBucket(
                 lambda: redis.asyncio.Redis.from_url(url),
                 lambda client: AsyncRedisTokenBucket(client, **kwargs),

@@ -23,6 +23,8 @@ import ssl
 from dataclasses import dataclass
 from typing import Literal
 
+from ._redis_config import acl_rules
+
 __all__ = ["Kind", "Verdict", "classify"]
 
 #: What to do with an error:
@@ -45,8 +47,8 @@ _AUTH = (
     "(or the URL, redis://user:password@host:port)"
 )
 _NOPERM = (
-    "the Redis user lacks a permission the bucket needs: allow EVALSHA, EVAL, SCRIPT LOAD, TYPE "
-    "and the keys 'grpc-throttle:*' and '{grpc-throttle:*' (ACL SETUSER ...)"
+    "the Redis user lacks a permission the bucket needs (its scripts' commands count too): "
+    f"ACL SETUSER <user> {acl_rules()} (README, 'Redis deployments')"
 )
 _READONLY = (
     "Redis answered READONLY: the client points at a read-only replica; point it at the primary "
@@ -86,6 +88,10 @@ _MISTAKES = {
 #: no class to them, and then keeps the code as the message's first word):
 #: a script running too long elsewhere, too few replicas for a write.
 _UNMAPPED_OUTAGE_CODES = ("BUSY", "NOREPLICAS")
+#: The one mistake Redis (7.0, and Valkey) reports with no code of its own: an ACL
+#: user may run EVALSHA but not a command or key inside the script. The reply is a
+#: plain ``ERR`` whose text is all there is to go by (checked on redis-server 7.0).
+_SCRIPT_NOPERM = "The user executing the script can't"
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ def classify(error: BaseException, *, cluster: bool = False) -> Verdict:
         if name in _OUTAGES:
             return Verdict("outage")
         if name == "ResponseError":
+            if _SCRIPT_NOPERM in str(error):
+                return Verdict("mistake", _NOPERM)
             first = str(error).split(" ", 1)[0]
             return Verdict("outage") if first in _UNMAPPED_OUTAGE_CODES else Verdict("refused")
         if name == "RedisError":
