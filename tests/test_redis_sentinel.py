@@ -69,7 +69,9 @@ def test_the_url_and_service_name_are_checked(redis_sentinel: RedisSentinel) -> 
     with pytest.raises(ValueError, match="pass the Sentinel itself and service_name="):
         RedisTokenBucket(sentinel.master_for("mymaster"), **good)  # type: ignore[arg-type]
     aio_sentinel = redis.asyncio.sentinel.Sentinel(redis_sentinel.addresses)
-    with pytest.raises(ValueError, match=r"use grpc_throttle\.buckets\.redis_aio\.RedisTokenBucket"):
+    with pytest.raises(
+        ValueError, match=r"use grpc_throttle\.buckets\.redis_aio\.RedisTokenBucket for an asyncio client"
+    ):
         RedisTokenBucket(aio_sentinel, service_name="m", **good)  # type: ignore[arg-type]
     sentinel.close()  # type: ignore[no-untyped-call]
 

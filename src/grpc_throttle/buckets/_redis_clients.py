@@ -18,21 +18,18 @@ Three deployments, each as one recipe used by both flavours:
 
 This module decides which recipe a client needs and builds it; the sync
 bucket builds once, the asyncio bucket once per event loop (``_redis_loops``).
+valkey-py (a fork of redis-py with the same API under other class names) is
+taken alike: the bucket's own client then comes from valkey-py too.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlsplit
-
-import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.asyncio.sentinel
-import redis.cluster
-import redis.sentinel
-from redis.backoff import NoBackoff
 
 from ._redis_config import cluster_kwargs, pool_kwargs, redact_url
 from ._redis_wire import AsyncClusterWire, AsyncWire, ClusterWire, Wire
@@ -69,8 +66,100 @@ class AsyncMade(NamedTuple):
     sentinel: Any = None
 
 
+@dataclass(frozen=True)
+class _Kit:
+    """One client library's classes, sync or asyncio: redis-py's, or valkey-py's (a fork, same API)."""
+
+    plain: Any
+    cluster: Any
+    sentinel: Any
+    pool: Any
+    sentinel_pool: Any
+    node: Any
+    retry: Any
+    no_backoff: Any
+    ssl_connection: Any
+
+
+#: Each kit's classes by dotted name (module:attribute), relative to the library.
+_KIT_CLASSES = {
+    False: (
+        "Redis",
+        "cluster:RedisCluster",
+        "sentinel:Sentinel",
+        "ConnectionPool",
+        "sentinel:SentinelConnectionPool",
+        "cluster:ClusterNode",
+        "retry:Retry",
+        "backoff:NoBackoff",
+        "SSLConnection",
+    ),
+    True: (
+        "asyncio:Redis",
+        "asyncio.cluster:RedisCluster",
+        "asyncio.sentinel:Sentinel",
+        "asyncio:ConnectionPool",
+        "asyncio.sentinel:SentinelConnectionPool",
+        "asyncio.cluster:ClusterNode",
+        "asyncio.retry:Retry",
+        "backoff:NoBackoff",
+        "asyncio:SSLConnection",
+    ),
+}
+
+
+@functools.cache
+def _kit(library: str, asyncio: bool) -> _Kit | None:
+    """The classes of ``library`` ("redis" or "valkey"), or None when it is not installed."""
+    classes = []
+    for dotted in _KIT_CLASSES[asyncio]:
+        module, _, attribute = dotted.rpartition(":") if ":" in dotted else ("", "", dotted)
+        if library == "valkey":
+            attribute = attribute.replace("Redis", "Valkey")
+        try:
+            imported = importlib.import_module(f"{library}.{module}" if module else library)
+        except ImportError:
+            return None
+        classes.append(getattr(imported, attribute))
+    return _Kit(*classes)
+
+
+def _redis_kit(asyncio: bool) -> _Kit:
+    kit = _kit("redis", asyncio)
+    assert kit is not None  # redis-py is what the bucket needs in any case
+    return kit
+
+
+def _kits(asyncio: bool) -> list[_Kit]:
+    """redis-py's kit, then valkey-py's when it is installed."""
+    return [kit for kit in (_kit("redis", asyncio), _kit("valkey", asyncio)) if kit is not None]
+
+
+#: What each bucket takes, for messages.
+_ACCEPTED = {
+    False: "a redis.Redis, redis.cluster.RedisCluster or redis.sentinel.Sentinel (or valkey-py's twin)",
+    True: "a redis.asyncio.Redis, redis.asyncio.cluster.RedisCluster or redis.asyncio.sentinel.Sentinel "
+    "(or valkey.asyncio's twin)",
+}
+#: Where to go with the other flavour's client.
+_OTHER_BUCKET = {
+    False: "grpc_throttle.buckets.redis_aio.RedisTokenBucket for an asyncio client",
+    True: "grpc_throttle.buckets.redis.RedisTokenBucket for a sync client",
+}
+
+
+def _kit_of(client: Any, asyncio: bool) -> _Kit:
+    """The kit ``client`` belongs to; ValueError naming what is accepted (and the other bucket)."""
+    for kit in _kits(asyncio):
+        if isinstance(client, (kit.plain, kit.cluster, kit.sentinel)):
+            return kit
+    other = any(isinstance(client, (k.plain, k.cluster, k.sentinel)) for k in _kits(not asyncio))
+    hint = f"; use {_OTHER_BUCKET[asyncio]}" if other else ""
+    raise ValueError(f"client must be {_ACCEPTED[asyncio]}, got {type(client).__name__}{hint}")
+
+
 def _sentinel_parts(
-    sentinel: Any, timeout: float, retry: Any
+    kit: _Kit, sentinel: Any, timeout: float, retry: Any
 ) -> tuple[list[tuple[str, int]], dict[str, Any], dict[str, Any]]:
     """The sentinels' addresses, their client settings and the master's, with the bucket's budget."""
     if not sentinel.sentinels:
@@ -83,76 +172,64 @@ def _sentinel_parts(
     sentinel_kwargs = pool_kwargs(first, timeout, retry)
     for name in ("host", "port", "db", "max_connections"):
         sentinel_kwargs.pop(name, None)
-    if issubclass(first.connection_class, (redis.SSLConnection, redis.asyncio.SSLConnection)):
+    if issubclass(first.connection_class, kit.ssl_connection):
         sentinel_kwargs["ssl"] = True
     master_kwargs = {k: v for k, v in sentinel.connection_kwargs.items() if k not in ("retry", "connection_pool")}
     master_kwargs.update(socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
     return addresses, sentinel_kwargs, master_kwargs
 
 
-#: The clients each bucket takes, by the names its error message gives.
-_SYNC_TYPES = {
-    "redis.Redis": redis.Redis,
-    "redis.cluster.RedisCluster": redis.cluster.RedisCluster,
-    "redis.sentinel.Sentinel": redis.sentinel.Sentinel,
-}
-_ASYNC_TYPES = {
-    "redis.asyncio.Redis": redis.asyncio.Redis,
-    "redis.asyncio.cluster.RedisCluster": redis.asyncio.cluster.RedisCluster,
-    "redis.asyncio.sentinel.Sentinel": redis.asyncio.sentinel.Sentinel,
-}
-
-
-def _check_type(client: Any, accepted: dict[str, type], other: dict[str, type], hint: str) -> None:
-    """ValueError unless ``client`` is one of ``accepted``; names the other bucket for ``other``'s."""
-    if isinstance(client, tuple(accepted.values())):
-        return
-    names = list(accepted)
-    use = f"; use {hint}" if isinstance(client, tuple(other.values())) else ""
-    raise ValueError(f"client must be a {', '.join(names[:-1])} or {names[-1]}, got {type(client).__name__}{use}")
-
-
-def _check_service(client: Any, service_name: str | None, sentinel_types: tuple[type, ...]) -> None:
-    if isinstance(client, sentinel_types):
+def _check_service(kit: _Kit, client: Any, service_name: str | None) -> None:
+    if isinstance(client, kit.sentinel):
         if not isinstance(service_name, str) or not service_name:
             raise ValueError(f"service_name must name the Sentinel service (the master's name), got {service_name!r}")
     elif service_name is not None:
         raise ValueError(f"service_name is for a Sentinel client only, got it with a {type(client).__name__}")
+    if isinstance(client, kit.plain) and isinstance(client.connection_pool, kit.sentinel_pool):
+        raise ValueError(
+            "a client from Sentinel.master_for() would look the master up with the Sentinel's own "
+            "timeouts and retries: pass the Sentinel itself and service_name="
+        )
+
+
+def _recipe(
+    client: Any, service_name: str | None, timeout: float, asyncio: bool
+) -> tuple[Callable[[], tuple[Any, Any]], bool]:
+    """How to make the bucket's own client and its Sentinel if any (once, or once per loop); the bool: a cluster."""
+    kit = _kit_of(client, asyncio)
+    _check_service(kit, client, service_name)
+    retry = kit.retry(kit.no_backoff(), 0)
+    if isinstance(client, kit.cluster):
+        stored = client.connection_kwargs if asyncio else client.nodes_manager.connection_kwargs
+        kwargs = cluster_kwargs(client, stored, timeout, retry)
+        addresses = kwargs.pop("addresses")
+        return lambda: (kit.cluster(startup_nodes=[kit.node(h, p) for h, p in addresses], **kwargs), None), True
+    if isinstance(client, kit.sentinel):
+        addresses, sentinel_kwargs, master_kwargs = _sentinel_parts(kit, client, timeout, retry)
+        min_other = client.min_other_sentinels
+
+        def make_sentinel() -> tuple[Any, Any]:
+            sentinel = kit.sentinel(addresses, min_other_sentinels=min_other, sentinel_kwargs=sentinel_kwargs)
+            return sentinel.master_for(service_name, **master_kwargs), sentinel
+
+        return make_sentinel, False
+    pool = client.connection_pool
+    kwargs = pool_kwargs(pool, timeout, retry)
+    connection_class = pool.connection_class
+    return lambda: (kit.plain(connection_pool=kit.pool(connection_class=connection_class, **kwargs)), None), False
 
 
 def sync_client(client: Any, service_name: str | None, key: str, timeout: float) -> tuple[SyncMade, bool]:
     """The bucket's own sync client and wire for ``client``; the bool: a cluster.
 
     Raises:
-        ValueError: ``client`` is no sync Redis client this bucket takes, or
-            ``service_name`` does not fit it.
+        ValueError: ``client`` is no sync client this bucket takes (redis-py's
+            or valkey-py's), or ``service_name`` does not fit it.
     """
-    _check_type(client, _SYNC_TYPES, _ASYNC_TYPES, "grpc_throttle.buckets.redis_aio.RedisTokenBucket for redis.asyncio")
-    _check_service(client, service_name, (redis.sentinel.Sentinel,))
-    retry = redis.retry.Retry(NoBackoff(), 0)
-    if isinstance(client, redis.cluster.RedisCluster):
-        kwargs = cluster_kwargs(client, client.nodes_manager.connection_kwargs, timeout, retry)
-        nodes = [redis.cluster.ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
-        own = redis.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
-        return SyncMade(own, ClusterWire(own, key)), True
-    if isinstance(client, redis.sentinel.Sentinel):
-        addresses, sentinel_kwargs, master_kwargs = _sentinel_parts(client, timeout, retry)
-        sentinel = redis.sentinel.Sentinel(
-            addresses, min_other_sentinels=client.min_other_sentinels, sentinel_kwargs=sentinel_kwargs
-        )
-        own = sentinel.master_for(service_name, **master_kwargs)
-        return SyncMade(own, Wire(own.connection_pool, key), sentinel), False
-    if isinstance(client, redis.Redis):
-        pool = client.connection_pool
-        if isinstance(pool, redis.sentinel.SentinelConnectionPool):
-            raise ValueError(
-                "a client from Sentinel.master_for() would look the master up with the Sentinel's own "
-                "timeouts and retries: pass the Sentinel itself and service_name="
-            )
-        kwargs = pool_kwargs(pool, timeout, retry)
-        own = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
-        return SyncMade(own, Wire(own.connection_pool, key)), False
-    raise AssertionError("unreachable: _check_type accepted the client")
+    make, cluster = _recipe(client, service_name, timeout, asyncio=False)
+    own, sentinel = make()
+    wire = ClusterWire(own, key) if cluster else Wire(own.connection_pool, key)
+    return SyncMade(own, wire, sentinel), cluster
 
 
 def async_recipe(
@@ -163,49 +240,14 @@ def async_recipe(
     Raises:
         ValueError: as :func:`sync_client`.
     """
-    _check_type(client, _ASYNC_TYPES, _SYNC_TYPES, "grpc_throttle.buckets.redis.RedisTokenBucket for a sync client")
-    _check_service(client, service_name, (redis.asyncio.sentinel.Sentinel,))
-    retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    if isinstance(client, redis.asyncio.cluster.RedisCluster):
-        kwargs = cluster_kwargs(client, client.connection_kwargs, timeout, retry)
-        addresses = kwargs.pop("addresses")
+    make, cluster = _recipe(client, service_name, timeout, asyncio=True)
 
-        def make_cluster() -> AsyncMade:
-            nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in addresses]
-            own = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, **kwargs)
-            return AsyncMade(own, AsyncClusterWire(own, key))
+    def make_async() -> AsyncMade:
+        own, sentinel = make()
+        wire = AsyncClusterWire(own, key) if cluster else AsyncWire(own.connection_pool, key)
+        return AsyncMade(own, wire, sentinel)
 
-        return make_cluster, True
-    if isinstance(client, redis.asyncio.sentinel.Sentinel):
-        addresses, sentinel_kwargs, master_kwargs = _sentinel_parts(client, timeout, retry)
-        min_other = client.min_other_sentinels
-
-        def make_sentinel() -> AsyncMade:
-            sentinel = redis.asyncio.sentinel.Sentinel(
-                addresses, min_other_sentinels=min_other, sentinel_kwargs=sentinel_kwargs
-            )
-            own = sentinel.master_for(service_name, **master_kwargs)
-            return AsyncMade(own, AsyncWire(own.connection_pool, key), sentinel)
-
-        return make_sentinel, False
-    if isinstance(client, redis.asyncio.Redis):
-        pool = client.connection_pool
-        if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
-            raise ValueError(
-                "a client from Sentinel.master_for() would look the master up with the Sentinel's own "
-                "timeouts and retries: pass the Sentinel itself and service_name="
-            )
-        kwargs = pool_kwargs(pool, timeout, retry)
-        connection_class = pool.connection_class
-
-        def make_plain() -> AsyncMade:
-            own = redis.asyncio.Redis(
-                connection_pool=redis.asyncio.ConnectionPool(connection_class=connection_class, **kwargs)
-            )
-            return AsyncMade(own, AsyncWire(own.connection_pool, key))
-
-        return make_plain, False
-    raise AssertionError("unreachable: _check_type accepted the client")
+    return make_async, cluster
 
 
 async def aclose_made(made: AsyncMade) -> None:
@@ -270,7 +312,8 @@ def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, 
 def client_from_url(url: object, *, asyncio: bool) -> tuple[Any, str | None]:
     """The client a URL names, and the Sentinel service name when it names one.
 
-    ``redis://``, ``rediss://`` and ``unix://`` as redis-py reads them, and the
+    ``redis://``, ``rediss://`` and ``unix://`` as redis-py reads them,
+    ``valkey://`` and ``valkeys://`` as valkey-py does (its client), and the
     Sentinel URLs of :func:`parse_sentinel_url`.
 
     Raises:
@@ -278,13 +321,21 @@ def client_from_url(url: object, *, asyncio: bool) -> tuple[Any, str | None]:
     """
     if not isinstance(url, str):
         raise ValueError(f"url must be a str, got {type(url).__name__}")
-    if url.split("://", 1)[0].lower() in SENTINEL_SCHEMES:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in ("valkey", "valkeys"):  # valkey-py's own URLs: its client
+        kit = _kit("valkey", asyncio)
+        if kit is None:
+            raise ValueError(f"a {scheme}:// URL needs the valkey package (pip install valkey)")
+        try:
+            return kit.plain.from_url(url), None
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"invalid Valkey URL {redact_url(url)!r}: {error}") from None
+    if scheme in SENTINEL_SCHEMES:
         addresses, service, kwargs = parse_sentinel_url(url)
         shared = {k: v for k, v in kwargs.items() if k in ("username", "password", "ssl")}
-        sentinel_class = redis.asyncio.sentinel.Sentinel if asyncio else redis.sentinel.Sentinel
-        return sentinel_class(addresses, sentinel_kwargs=shared, **kwargs), service
+        return _redis_kit(asyncio).sentinel(addresses, sentinel_kwargs=shared, **kwargs), service
     try:
-        client = (redis.asyncio.Redis if asyncio else redis.Redis).from_url(url)
+        client = _redis_kit(asyncio).plain.from_url(url)
     except (ValueError, TypeError) as error:
         raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {error}") from None
     return client, None

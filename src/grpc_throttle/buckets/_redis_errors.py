@@ -25,7 +25,7 @@ from typing import Literal
 
 from ._redis_config import acl_rules
 
-__all__ = ["Kind", "Verdict", "classify"]
+__all__ = ["Kind", "Verdict", "classify", "is_client_error", "is_error_reply", "is_noscript"]
 
 #: What to do with an error:
 #:
@@ -138,6 +138,21 @@ def classify(error: BaseException, *, cluster: bool = False) -> Verdict:
     if isinstance(error, (OSError, asyncio.TimeoutError)):  # distinct classes on Python 3.10
         return Verdict("outage")
     return Verdict("unknown")
+
+
+def is_error_reply(error: BaseException) -> bool:
+    """True for an error reply of Redis (the connection stays usable), redis-py's or valkey-py's."""
+    return "ResponseError" in _client_class_names(error)
+
+
+def is_noscript(error: BaseException) -> bool:
+    """True for ``NOSCRIPT``: Redis does not know the script (first use, or after SCRIPT FLUSH)."""
+    return "NoScriptError" in _client_class_names(error)
+
+
+def is_client_error(error: BaseException) -> bool:
+    """True for any error of a Redis client library (not a bug elsewhere)."""
+    return bool(_client_class_names(error))
 
 
 def _client_class_names(error: BaseException) -> list[str]:

@@ -28,7 +28,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
-from redis import exceptions as redis_errors
+from ._redis_errors import is_error_reply
 
 __all__ = ["AsyncClusterWire", "AsyncWire", "ClusterWire", "Wire"]
 
@@ -85,10 +85,9 @@ class Wire(_Packer):
         try:
             conn.send_packed_command(self.pack(conn, sha, args, more_keys))
             return conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            conn.disconnect()
+        except BaseException as error:
+            if not is_error_reply(error):
+                conn.disconnect()
             raise
         finally:
             self.pool.release(conn)
@@ -99,10 +98,9 @@ class Wire(_Packer):
         try:
             conn.send_command("SCRIPT", "LOAD", source)
             conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            conn.disconnect()
+        except BaseException as error:
+            if not is_error_reply(error):
+                conn.disconnect()
             raise
         finally:
             self.pool.release(conn)
@@ -122,10 +120,9 @@ class AsyncWire(_Packer):
         try:
             await conn.send_packed_command(self.pack(conn, sha, args, more_keys))
             return await conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            await conn.disconnect(nowait=True)
+        except BaseException as error:
+            if not is_error_reply(error):
+                await conn.disconnect(nowait=True)
             raise
         finally:
             await self.pool.release(conn)
@@ -136,10 +133,9 @@ class AsyncWire(_Packer):
         try:
             await conn.send_command("SCRIPT", "LOAD", source)
             await conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            await conn.disconnect(nowait=True)
+        except BaseException as error:
+            if not is_error_reply(error):
+                await conn.disconnect(nowait=True)
             raise
         finally:
             await self.pool.release(conn)

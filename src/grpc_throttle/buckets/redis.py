@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-
 from ..errors import BucketUnavailableError
 from ._base import Bucket
 from ._cubic import AdaptiveRate
@@ -24,7 +22,7 @@ from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
 from ._redis_clients import client_from_url, close_made, sync_client
 from ._redis_config import FailurePolicy, Settings, hashed_key
-from ._redis_errors import classify
+from ._redis_errors import classify, is_client_error, is_noscript
 from ._redis_wire import ClusterWire, Wire
 from .local import Reservation
 
@@ -83,7 +81,8 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
     Args:
         client: A ``redis.Redis``; a ``redis.cluster.RedisCluster`` for
             Redis Cluster (the bucket's keys share one slot); or a
-            ``redis.sentinel.Sentinel`` with ``service_name``. The bucket uses
+            ``redis.sentinel.Sentinel`` with ``service_name``; or valkey-py's
+            twin of any of these (``valkey.Valkey``, ...). The bucket uses
             its connection settings with its own connections, ``timeout`` and
             no retries; the client is unchanged. With Sentinel, looking the
             master up takes at most ``timeout`` per sentinel asked.
@@ -123,7 +122,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         *,
         key: str,
         rate: float,
@@ -164,7 +163,8 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             url: Where Redis is: ``redis://[[user]:password@]host:6379/0``,
                 ``rediss://`` (TLS), ``unix://``, or a Sentinel deployment as
                 ``redis+sentinel://[[user]:password@]host:port[,host:port]/service_name``
-                (``rediss+sentinel://`` for TLS).
+                (``rediss+sentinel://`` for TLS); ``valkey://`` or ``valkeys://``
+                for valkey-py's client.
             **kwargs: The constructor's keyword arguments.
 
         Raises:
@@ -332,14 +332,18 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         for _ in range(_LOAD_TRIES):
             try:
                 return self._wire.evalsha(SHAS[name], args, more_keys)
-            except redis.exceptions.NoScriptError:
+            except Exception as error:
+                if not is_noscript(error):
+                    raise
                 self._wire.load(SCRIPTS[name])
         return self._wire.evalsha(SHAS[name], args, more_keys)
 
     def _key_type(self) -> str | None:
         try:
             kind = self._redis.type(self.key)
-        except redis.RedisError:
+        except Exception as error:  # only to explain a refusal: any client error leaves it unexplained
+            if not is_client_error(error):
+                raise
             return None
         return kind.decode() if isinstance(kind, bytes) else str(kind)
 

@@ -17,9 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
-
 from ..errors import BucketUnavailableError
 from ._base import AsyncBucket
 from ._cubic import AdaptiveRate
@@ -27,7 +24,7 @@ from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
 from ._redis_clients import AsyncMade, aclose_made, async_recipe, client_from_url
 from ._redis_config import FailurePolicy, Settings, hashed_key
-from ._redis_errors import classify
+from ._redis_errors import classify, is_client_error, is_noscript
 from ._redis_loops import PerLoop
 from .local import Reservation
 
@@ -53,7 +50,8 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
     Args:
         client: A ``redis.asyncio.Redis``; a
             ``redis.asyncio.cluster.RedisCluster`` for Redis Cluster; or a
-            ``redis.asyncio.sentinel.Sentinel`` with ``service_name``. The
+            ``redis.asyncio.sentinel.Sentinel`` with ``service_name``; or
+            ``valkey.asyncio``'s twin of any of these. The
             bucket uses its connection settings with its own connections,
             ``timeout`` and no retries, one set per event loop (the bucket
             serves any number of loops, one after another or at once); the
@@ -89,7 +87,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Any,
         *,
         key: str,
         rate: float,
@@ -126,8 +124,9 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         """A bucket on the Redis at ``url``, as the sync bucket's ``from_url`` reads it.
 
         Args:
-            url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``
-                or ``rediss+sentinel://`` (see the sync ``from_url``).
+            url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+                ``rediss+sentinel://``, ``valkey://`` or ``valkeys://`` (see the
+                sync ``from_url``).
             **kwargs: The constructor's keyword arguments.
 
         Raises:
@@ -306,7 +305,9 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         for _ in range(_LOAD_TRIES):
             try:
                 return await wire.evalsha(SHAS[name], args, more_keys)
-            except redis.exceptions.NoScriptError:
+            except Exception as error:
+                if not is_noscript(error):
+                    raise
                 await wire.load(SCRIPTS[name])
         return await wire.evalsha(SHAS[name], args, more_keys)
 
@@ -314,7 +315,9 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         try:
             own = (await self._clients.get()).client
             kind = await own.type(self.key)
-        except redis.RedisError:
+        except Exception as error:  # only to explain a refusal: any client error leaves it unexplained
+            if not is_client_error(error):
+                raise
             return None
         return kind.decode() if isinstance(kind, bytes) else str(kind)
 
