@@ -77,7 +77,7 @@ def test_the_url_and_service_name_are_checked(redis_sentinel: RedisSentinel) -> 
 
 
 def test_credentials_and_db_in_the_url_reach_sentinels_and_master() -> None:
-    from grpc_throttle.buckets._redis_clients import parse_sentinel_url
+    from grpc_throttle.buckets._redis_urls import parse_sentinel_url
 
     addresses, service, kwargs = parse_sentinel_url("rediss+sentinel://u:p%40ss@h1:26379,[::1]:26380/svc/3")
     assert addresses == [("h1", 26379), ("::1", 26380)] and service == "svc"

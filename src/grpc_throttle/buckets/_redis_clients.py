@@ -29,9 +29,8 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import unquote, urlsplit
 
-from ._redis_config import cluster_kwargs, pool_kwargs, redact_url
+from ._redis_config import cluster_kwargs, pool_kwargs
 from ._redis_wire import AsyncClusterWire, AsyncWire, ClusterWire, Wire
 
 __all__ = [
@@ -39,14 +38,11 @@ __all__ = [
     "SyncMade",
     "aclose_made",
     "async_recipe",
-    "client_from_url",
     "close_made",
-    "parse_sentinel_url",
+    "library_kit",
+    "redis_kit",
     "sync_client",
 ]
-
-#: URL schemes of a Sentinel deployment (as the ``limits`` library spells them).
-SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
 class SyncMade(NamedTuple):
@@ -109,7 +105,7 @@ _KIT_CLASSES = {
 
 
 @functools.cache
-def _kit(library: str, asyncio: bool) -> _Kit | None:
+def library_kit(library: str, asyncio: bool) -> _Kit | None:
     """The classes of ``library`` ("redis" or "valkey"), or None when it is not installed."""
     classes = []
     for dotted in _KIT_CLASSES[asyncio]:
@@ -124,15 +120,16 @@ def _kit(library: str, asyncio: bool) -> _Kit | None:
     return _Kit(*classes)
 
 
-def _redis_kit(asyncio: bool) -> _Kit:
-    kit = _kit("redis", asyncio)
-    assert kit is not None  # redis-py is what the bucket needs in any case
-    return kit
+def redis_kit(asyncio: bool) -> _Kit:
+    """redis-py's kit (always installed: the bucket needs it)."""
+    found = library_kit("redis", asyncio)
+    assert found is not None
+    return found
 
 
 def _kits(asyncio: bool) -> list[_Kit]:
     """redis-py's kit, then valkey-py's when it is installed."""
-    return [kit for kit in (_kit("redis", asyncio), _kit("valkey", asyncio)) if kit is not None]
+    return [kit for kit in (library_kit("redis", asyncio), library_kit("valkey", asyncio)) if kit is not None]
 
 
 #: What each bucket takes, for messages.
@@ -269,73 +266,3 @@ def close_made(made: SyncMade) -> None:
     if made.sentinel is not None:
         for client in made.sentinel.sentinels:
             client.close()
-
-
-def parse_sentinel_url(url: str) -> tuple[list[tuple[str, int]], str, dict[str, Any]]:
-    """``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``, as ``limits`` reads it.
-
-    The credentials go to the sentinels and to the master alike;
-    ``rediss+sentinel://`` connects to both over TLS.
-
-    Returns:
-        The sentinels' addresses, the service name, and the connection settings.
-
-    Raises:
-        ValueError: the URL is malformed (the message hides any password).
-    """
-    shown = redact_url(url)
-    parts = urlsplit(url)
-    if parts.scheme not in SENTINEL_SCHEMES:
-        raise ValueError(f"a Sentinel URL starts with redis+sentinel:// or rediss+sentinel://, got {shown!r}")
-    hosts = parts.netloc.rpartition("@")[2]
-    addresses = []
-    for item in hosts.split(","):
-        host, _, port = item.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"invalid Sentinel URL {shown!r}: each sentinel must be host:port, got {item!r}")
-        addresses.append((host.strip("[]"), int(port)))
-    path = [p for p in parts.path.split("/") if p]
-    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(f"invalid Sentinel URL {shown!r}: the path must be /service_name or /service_name/db")
-    kwargs: dict[str, Any] = {}
-    if parts.username:
-        kwargs["username"] = unquote(parts.username)
-    if parts.password:
-        kwargs["password"] = unquote(parts.password)
-    if parts.scheme == "rediss+sentinel":
-        kwargs["ssl"] = True
-    if len(path) == 2:
-        kwargs["db"] = int(path[1])
-    return addresses, unquote(path[0]), kwargs
-
-
-def client_from_url(url: object, *, asyncio: bool) -> tuple[Any, str | None]:
-    """The client a URL names, and the Sentinel service name when it names one.
-
-    ``redis://``, ``rediss://`` and ``unix://`` as redis-py reads them,
-    ``valkey://`` and ``valkeys://`` as valkey-py does (its client), and the
-    Sentinel URLs of :func:`parse_sentinel_url`.
-
-    Raises:
-        ValueError: the URL is not a str or is malformed (the message hides any password).
-    """
-    if not isinstance(url, str):
-        raise ValueError(f"url must be a str, got {type(url).__name__}")
-    scheme = url.split("://", 1)[0].lower()
-    if scheme in ("valkey", "valkeys"):  # valkey-py's own URLs: its client
-        kit = _kit("valkey", asyncio)
-        if kit is None:
-            raise ValueError(f"a {scheme}:// URL needs the valkey package (pip install valkey)")
-        try:
-            return kit.plain.from_url(url), None
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"invalid Valkey URL {redact_url(url)!r}: {error}") from None
-    if scheme in SENTINEL_SCHEMES:
-        addresses, service, kwargs = parse_sentinel_url(url)
-        shared = {k: v for k, v in kwargs.items() if k in ("username", "password", "ssl")}
-        return _redis_kit(asyncio).sentinel(addresses, sentinel_kwargs=shared, **kwargs), service
-    try:
-        client = _redis_kit(asyncio).plain.from_url(url)
-    except (ValueError, TypeError) as error:
-        raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {error}") from None
-    return client, None

@@ -20,9 +20,10 @@ from ._base import Bucket
 from ._cubic import AdaptiveRate
 from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
-from ._redis_clients import client_from_url, close_made, sync_client
+from ._redis_clients import close_made, sync_client
 from ._redis_config import FailurePolicy, Settings, hashed_key
 from ._redis_errors import classify, is_client_error, is_noscript
+from ._redis_urls import client_from_url
 from ._redis_wire import ClusterWire, Wire
 from .local import Reservation
 

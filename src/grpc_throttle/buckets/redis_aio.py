@@ -22,10 +22,11 @@ from ._base import AsyncBucket
 from ._cubic import AdaptiveRate
 from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
-from ._redis_clients import AsyncMade, aclose_made, async_recipe, client_from_url
+from ._redis_clients import AsyncMade, aclose_made, async_recipe
 from ._redis_config import FailurePolicy, Settings, hashed_key
 from ._redis_errors import classify, is_client_error, is_noscript
 from ._redis_loops import PerLoop
+from ._redis_urls import client_from_url
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
