@@ -61,6 +61,9 @@ class PerLoop(Generic[T]):
         self._entries: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Entry[T]] = weakref.WeakKeyDictionary()
         #: Guards _entries: threads with loops of their own use the bucket at once.
         self._lock = threading.Lock()
+        #: The loop last served and its entry, read without the lock (one tuple, replaced whole):
+        #: the common case is one loop calling again and again.
+        self._last: tuple[asyncio.AbstractEventLoop | None, _Entry[T] | None] = (None, None)
 
     def current(self) -> T | None:
         """The running loop's state, or None when it has none yet (or no loop runs)."""
@@ -75,6 +78,9 @@ class PerLoop(Generic[T]):
     async def get(self) -> T:
         """The running loop's state, made on first use."""
         loop = asyncio.get_running_loop()
+        last_loop, last = self._last
+        if last_loop is loop and last is not None and last.guard is not None:
+            return last.state
         with self._lock:
             entry = self._entries.get(loop)
             if entry is None:
@@ -82,6 +88,7 @@ class PerLoop(Generic[T]):
         if entry.guard is None:
             entry.guard = self._guard(loop, entry)
             await entry.guard.asend(None)  # runs up to its yield: the loop now tracks it
+        self._last = (loop, entry)
         return entry.state
 
     async def aclose(self) -> None:
@@ -92,6 +99,7 @@ class PerLoop(Generic[T]):
         loop = asyncio.get_running_loop()
         with self._lock:
             entry = self._entries.pop(loop, None)
+            self._last = (None, None)
         if entry is None:
             return
         if entry.guard is not None:
@@ -106,6 +114,8 @@ class PerLoop(Generic[T]):
             with self._lock:
                 if self._entries.get(loop) is entry:
                     del self._entries[loop]
+                if self._last[1] is entry:
+                    self._last = (None, None)
             try:
                 await self._close(entry.state)
             except Exception as error:  # a connection already broken: nothing left to close
