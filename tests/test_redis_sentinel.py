@@ -169,3 +169,25 @@ def test_a_hung_sentinel_costs_one_timeout_not_seconds(
     # connects and round trips on loopback. redis-py's defaults take 4-10 s here.
     print(f"hung sentinel, {flavour}: first call took {took * 1000:.0f} ms with timeout={timeout * 1000:.0f} ms")
     assert timeout <= took < timeout + 0.4, took
+
+
+def test_every_sentinel_hung_is_an_outage_after_one_timeout_each(
+    redis_sentinel: RedisSentinel, bucket_key: str
+) -> None:
+    timeout = 0.1
+    for sentinel in redis_sentinel.sentinels:
+        sentinel.pause()
+    try:
+        bucket = RedisTokenBucket.from_url(
+            redis_sentinel.url, key=bucket_key, rate=10, timeout=timeout, on_failure="local"
+        )
+        started = time.monotonic()
+        reservation = bucket.reserve()  # no master found: the local fallback
+        took = time.monotonic() - started
+        bucket.close()
+    finally:
+        for sentinel in redis_sentinel.sentinels:
+            sentinel.resume()
+    assert reservation is not None and not isinstance(reservation, RedisReservation)
+    print(f"three hung sentinels: {took * 1000:.0f} ms to fall back with timeout={timeout * 1000:.0f} ms")
+    assert 3 * timeout <= took < 3 * timeout + 0.4, took
