@@ -1,7 +1,7 @@
 """The Redis bucket through Sentinel: lookup, failover, and a hung sentinel, on real servers.
 
 The session's deployment (``redis_sentinel``: one master, one replica, three
-sentinels) is shared; a failover test leaves it in sync with the roles swapped.
+sentinels) is shared; the failover test starts one of its own.
 The behaviour suite runs through Sentinel too (test_bucket_backends.py).
 """
 
@@ -16,9 +16,11 @@ import redis
 import redis.asyncio.sentinel
 import redis.sentinel
 
+from grpc_throttle.buckets._redis_wire import SENTINEL_RECHECK
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
 from tests.redis_deployments import RedisSentinel
+from tests.redis_server import require_redis
 
 
 def test_a_sentinel_object_and_a_service_name(redis_sentinel: RedisSentinel, bucket_key: str) -> None:
@@ -93,45 +95,83 @@ def _replicated(deployment: RedisSentinel, key: str, deadline: float = 5.0) -> N
         time.sleep(0.01)
 
 
-def test_sentinel_failover_keeps_the_shared_schedule(redis_sentinel: RedisSentinel, bucket_key: str) -> None:
-    """The invariant: the promoted replica holds the schedule, so a process connecting after the
-    failover takes no slot before the last one granted before it.
+def test_sentinel_failover_keeps_the_shared_schedule(bucket_key: str) -> None:
+    """The promoted replica holds the schedule; a process connected to the old master moves within
+    about SENTINEL_RECHECK, instead of writing there until Sentinel demotes it (up to 10 s).
 
-    A process connected to the old master keeps using it until Sentinel turns
-    it into a replica (on its next INFO of it, up to 10 s later); its next
-    call then meets READONLY, gets the local fallback for ``cooldown``, and
-    comes back on the promoted master, after every slot taken there.
+    A deployment of its own: the old master is left to be demoted after the test.
     """
+    require_redis()
     rate = 4.0
-    kwargs: dict[str, Any] = dict(key=bucket_key, rate=rate, timeout=0.2, cooldown=0.1, on_failure="local")
-    bucket = RedisTokenBucket.from_url(redis_sentinel.url, **kwargs)
-    queued = [bucket.reserve() for _ in range(12)]  # three seconds of the schedule
-    assert all(isinstance(r, RedisReservation) for r in queued)
-    last_before = queued[-1].ready_at  # type: ignore[union-attr]
-    _replicated(redis_sentinel, f"grpc-throttle:{bucket_key}")
-    try:
+    with RedisSentinel() as deployment:
+        sentinel = redis.sentinel.Sentinel(deployment.addresses, client_name="old-process")
+        kwargs: dict[str, Any] = dict(key=bucket_key, rate=rate, timeout=0.2, cooldown=0.1, on_failure="local")
+        bucket = RedisTokenBucket(sentinel, service_name=deployment.service, **kwargs)
+        queued = [bucket.reserve() for _ in range(12)]  # three seconds of the schedule
+        assert all(isinstance(r, RedisReservation) for r in queued)
+        last_before = queued[-1].ready_at  # type: ignore[union-attr]
+        _replicated(deployment, f"grpc-throttle:{bucket_key}")
+        old_master = deployment.master
         started = time.monotonic()
-        redis_sentinel.failover()
-        failover_took = time.monotonic() - started
+        deployment.failover()
+        agreed = time.monotonic()
         # A process that starts after the failover continues the schedule: not a fresh bucket.
-        fresh = RedisTokenBucket.from_url(redis_sentinel.url, **kwargs)
+        fresh = RedisTokenBucket.from_url(deployment.url, **kwargs)
         first = fresh.reserve(max_wait=60)
         assert isinstance(first, RedisReservation), "the promoted master did not answer"
-        assert first.ready_at >= last_before + 0.9 / rate, (first.ready_at - last_before, failover_took)
-    finally:
-        redis_sentinel.wait_in_sync()
-    # The process that was connected to the old master comes back to the promoted one by itself.
-    fallback = 0
-    deadline = time.monotonic() + 5
-    while not isinstance(reservation := bucket.reserve(max_wait=60), RedisReservation):
-        fallback += 1
-        assert time.monotonic() < deadline, "the bucket did not come back to Redis"
-        time.sleep(0.02)
-    assert reservation.ready_at > first.ready_at  # after the fresh process's slot: one schedule
-    assert fallback <= 10, fallback
-    print(f"failover: {failover_took:.2f} s; fallback reservations after it: {fallback}")
-    bucket.close()
-    fresh.close()
+        assert first.ready_at >= last_before + 0.9 / rate, first.ready_at - last_before
+        # The connected process moves to the promoted master by itself (CLIENT LIST shows where it is).
+        fallback = 0
+        while b"name=old-process" not in deployment.master.command(b"CLIENT LIST"):
+            assert time.monotonic() - agreed < SENTINEL_RECHECK + 2, "the old process stayed on the old master"
+            if not isinstance(bucket.reserve(max_wait=60), RedisReservation):
+                fallback += 1
+            time.sleep(0.05)
+        moved = time.monotonic()
+        assert b"name=old-process" not in old_master.command(b"CLIENT LIST")
+        reservation = bucket.reserve(max_wait=60)
+        assert isinstance(reservation, RedisReservation)
+        assert reservation.ready_at > first.ready_at  # after the fresh process's slot: one schedule
+        print(
+            f"failover: {agreed - started:.2f} s until the sentinels agree; the connected process "
+            f"moved {moved - agreed:.2f} s later; fallback reservations: {fallback}"
+        )
+        bucket.close()
+        fresh.close()
+        sentinel.close()  # type: ignore[no-untyped-call]
+
+
+def test_the_asyncio_bucket_follows_a_failover_too(bucket_key: str) -> None:
+    require_redis()
+    rate = 4.0
+    with RedisSentinel() as deployment:
+
+        async def run() -> None:
+            sentinel = redis.asyncio.sentinel.Sentinel(deployment.addresses, client_name="aio-process")
+            bucket = AsyncRedisTokenBucket(sentinel, service_name=deployment.service, key=bucket_key, rate=rate)
+            try:
+                queued = [await bucket.reserve() for _ in range(12)]  # three seconds of the schedule
+                assert all(type(r).__name__ == "RedisReservation" for r in queued)
+                _replicated(deployment, f"grpc-throttle:{bucket_key}")
+                await asyncio.to_thread(deployment.failover)
+                agreed = time.monotonic()
+                fresh = RedisTokenBucket.from_url(deployment.url, key=bucket_key, rate=rate)
+                first = fresh.reserve(max_wait=60)  # on the promoted master, after the queued slots
+                fresh.close()
+                assert isinstance(first, RedisReservation)
+                assert first.ready_at >= queued[-1].ready_at + 0.9 / rate  # type: ignore[union-attr]
+                while b"name=aio-process" not in deployment.master.command(b"CLIENT LIST"):
+                    assert time.monotonic() - agreed < SENTINEL_RECHECK + 2, "it stayed on the old master"
+                    await bucket.reserve(max_wait=60)
+                    await asyncio.sleep(0.05)
+                reservation = await bucket.reserve(max_wait=60)
+                assert type(reservation).__name__ == "RedisReservation"
+                assert reservation.ready_at > first.ready_at  # type: ignore[union-attr]  # one schedule
+            finally:
+                await bucket.aclose()
+                await sentinel.aclose()
+
+        asyncio.run(run())
 
 
 @pytest.mark.parametrize("flavour", ["sync", "aio"])

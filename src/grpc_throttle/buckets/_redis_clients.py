@@ -14,7 +14,9 @@ Three deployments, each as one recipe used by both flavours:
 * ``Sentinel`` and a service name: a ``Sentinel`` of its own whose clients of
   the sentinels time out after ``timeout`` and do not retry, so that one hung
   sentinel costs one ``timeout`` before the next is asked; its ``master_for``
-  pool asks for the master on each new connection.
+  pool asks for the master on each new connection, and the wire asks again
+  every second (``_redis_wire.SentinelWire``) so that a failover re-points
+  open connections too.
 
 This module decides which recipe a client needs and builds it; the sync
 bucket builds once, the asyncio bucket once per event loop (``_redis_loops``).
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from ._redis_config import cluster_kwargs, pool_kwargs
-from ._redis_wire import AsyncClusterWire, AsyncWire, ClusterWire, Wire
+from ._redis_wire import AsyncClusterWire, AsyncSentinelWire, AsyncWire, ClusterWire, SentinelWire, Wire
 
 __all__ = [
     "AsyncMade",
@@ -225,8 +227,10 @@ def sync_client(client: Any, service_name: str | None, key: str, timeout: float)
     """
     make, cluster = _recipe(client, service_name, timeout, asyncio=False)
     own, sentinel = make()
-    wire = ClusterWire(own, key) if cluster else Wire(own.connection_pool, key)
-    return SyncMade(own, wire, sentinel), cluster
+    if cluster:
+        return SyncMade(own, ClusterWire(own, key), sentinel), True
+    wire_class = Wire if sentinel is None else SentinelWire
+    return SyncMade(own, wire_class(own.connection_pool, key), sentinel), False
 
 
 def async_recipe(
@@ -241,8 +245,10 @@ def async_recipe(
 
     def make_async() -> AsyncMade:
         own, sentinel = make()
-        wire = AsyncClusterWire(own, key) if cluster else AsyncWire(own.connection_pool, key)
-        return AsyncMade(own, wire, sentinel)
+        if cluster:
+            return AsyncMade(own, AsyncClusterWire(own, key), sentinel)
+        wire_class = AsyncWire if sentinel is None else AsyncSentinelWire
+        return AsyncMade(own, wire_class(own.connection_pool, key), sentinel)
 
     return make_async, cluster
 

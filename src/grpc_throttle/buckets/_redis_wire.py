@@ -25,15 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._redis_errors import is_error_reply
+from ._redis_errors import is_client_error, is_error_reply
 
-__all__ = ["AsyncClusterWire", "AsyncWire", "ClusterWire", "Wire"]
+_logger = logging.getLogger(__name__)
+
+__all__ = ["AsyncClusterWire", "AsyncSentinelWire", "AsyncWire", "ClusterWire", "SentinelWire", "Wire"]
 
 #: Packed commands kept per wire (the common arguments change only with the rate).
 _CACHE_SIZE = 16
+#: Seconds between two asks of the sentinels for the master (see SentinelWire).
+SENTINEL_RECHECK = 1.0
 
 
 def _connection_args(pool: Any) -> tuple[str, ...]:
@@ -139,6 +145,71 @@ class AsyncWire(_Packer):
             raise
         finally:
             await self.pool.release(conn)
+
+
+class _Recheck:
+    """When a Sentinel-managed pool should ask the sentinels for the master again.
+
+    redis-py's Sentinel pool asks only when it opens a connection, so after a
+    failover its open connections keep writing to the old master until
+    Sentinel demotes it (on its next INFO of it, up to 10 s): two schedules at
+    once. Asking every :data:`SENTINEL_RECHECK` seconds (one ``SENTINEL
+    MASTERS``, bounded by the bucket's timeout per sentinel) re-points the
+    pool within that: redis-py then closes the idle connections to the old
+    master and those in use as they come back.
+    """
+
+    def __init__(self) -> None:
+        #: When to ask next (time.monotonic); racing threads at worst ask twice.
+        self.due = time.monotonic() + SENTINEL_RECHECK
+
+    def now(self) -> bool:
+        now = time.monotonic()
+        if now < self.due:
+            return False
+        self.due = now + SENTINEL_RECHECK
+        return True
+
+    @staticmethod
+    def failed(error: BaseException) -> None:
+        # No sentinel answered: keep the master in use; a dead one shows on the call itself.
+        if not is_client_error(error):
+            raise error
+        _logger.debug("asking the sentinels for the master failed: %r", error)
+
+
+class SentinelWire(Wire):
+    """:class:`Wire` on a Sentinel-managed pool, which asks for the master every second (see _Recheck)."""
+
+    def __init__(self, pool: Any, key: str) -> None:
+        super().__init__(pool, key)
+        #: When to ask the sentinels again.
+        self.recheck = _Recheck()
+
+    def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        if self.recheck.now():
+            try:
+                self.pool.get_master_address()
+            except Exception as error:
+                self.recheck.failed(error)
+        return super().evalsha(sha, args, more_keys)
+
+
+class AsyncSentinelWire(AsyncWire):
+    """:class:`AsyncWire` on a Sentinel-managed pool, which asks for the master every second."""
+
+    def __init__(self, pool: Any, key: str) -> None:
+        super().__init__(pool, key)
+        #: When to ask the sentinels again.
+        self.recheck = _Recheck()
+
+    async def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        if self.recheck.now():
+            try:
+                await self.pool.get_master_address()
+            except Exception as error:
+                self.recheck.failed(error)
+        return await super().evalsha(sha, args, more_keys)
 
 
 class ClusterWire:
