@@ -231,3 +231,31 @@ def test_every_sentinel_hung_is_an_outage_after_one_timeout_each(
     assert reservation is not None and not isinstance(reservation, RedisReservation)
     print(f"three hung sentinels: {took * 1000:.0f} ms to fall back with timeout={timeout * 1000:.0f} ms")
     assert 3 * timeout <= took < 3 * timeout + 0.4, took
+
+
+def test_with_every_sentinel_hung_a_connected_bucket_keeps_its_master(
+    redis_sentinel: RedisSentinel, bucket_key: str
+) -> None:
+    timeout = 0.1
+    bucket = RedisTokenBucket.from_url(
+        redis_sentinel.url, key=bucket_key, rate=1000, timeout=timeout, on_failure="fail"
+    )
+    assert isinstance(bucket.reserve(), RedisReservation)  # connected
+    took = []
+    for sentinel in redis_sentinel.sentinels:
+        sentinel.pause()
+    try:
+        end = time.monotonic() + SENTINEL_RECHECK + 1.5  # one recheck falls in here
+        while time.monotonic() < end:
+            started = time.monotonic()
+            assert isinstance(bucket.reserve(), RedisReservation)  # the master still answers
+            took.append(time.monotonic() - started)
+            time.sleep(0.02)
+    finally:
+        for sentinel in redis_sentinel.sentinels:
+            sentinel.resume()
+        bucket.close()
+    slow = [t for t in took if t > timeout]
+    # The one recheck asked each hung sentinel once (3 x timeout); after that failure the next
+    # is 30 s away, so no other call pays for the sentinels.
+    assert len(slow) == 1 and 3 * timeout <= slow[0] < 3 * timeout + 0.4, slow

@@ -40,6 +40,8 @@ __all__ = ["AsyncClusterWire", "AsyncSentinelWire", "AsyncWire", "ClusterWire", 
 _CACHE_SIZE = 16
 #: Seconds between two asks of the sentinels for the master (see SentinelWire).
 SENTINEL_RECHECK = 1.0
+#: The same after no sentinel answered.
+SENTINEL_RECHECK_AFTER_FAILURE = 30.0
 
 
 def _connection_args(pool: Any) -> tuple[str, ...]:
@@ -170,11 +172,13 @@ class _Recheck:
         self.due = now + SENTINEL_RECHECK
         return True
 
-    @staticmethod
-    def failed(error: BaseException) -> None:
-        # No sentinel answered: keep the master in use; a dead one shows on the call itself.
+    def failed(self, error: BaseException) -> None:
+        """No sentinel answered: keep the master in use (a dead one shows on the call itself),
+        and ask again only after ``SENTINEL_RECHECK_AFTER_FAILURE``: each ask costs a timeout
+        per sentinel, which calls should not pay every second while the sentinels are down."""
         if not is_client_error(error):
             raise error
+        self.due = time.monotonic() + SENTINEL_RECHECK_AFTER_FAILURE
         _logger.debug("asking the sentinels for the master failed: %r", error)
 
 
