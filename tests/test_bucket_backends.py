@@ -20,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.sentinel
 import redis.cluster
 
 from grpc_throttle import AdaptiveRate, ThrottledChannel, ThrottlingInterceptor, TokenBucket
@@ -33,7 +34,19 @@ from tests.scripted import ECHO_POLICY
 
 #: Every bucket backend; each test below runs once per entry. The asyncio
 #: bucket runs behind the sync interface (tests.loop_bucket).
-BACKENDS = ["local", "redis", "redis-aio", "redis-cluster", "redis-cluster-aio"]
+BACKENDS = [
+    "local",
+    "redis",
+    "redis-aio",
+    "redis-cluster",
+    "redis-cluster-aio",
+    "sentinel",
+    "sentinel-aio",
+    "tls",
+    "tls-aio",
+    "valkey",
+    "valkey-aio",
+]
 #: The backends with a sync interface of their own.
 SYNC_BACKENDS = [b for b in BACKENDS if not b.endswith("-aio")]
 #: Recovers in well under a second.
@@ -52,6 +65,12 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
         url = request.getfixturevalue("redis_server").url
     elif backend.startswith("redis-cluster"):
         url = request.getfixturevalue("redis_cluster").url
+    elif backend.startswith("sentinel"):
+        url = request.getfixturevalue("redis_sentinel").url  # redis+sentinel://...
+    elif backend.startswith("tls"):
+        url = request.getfixturevalue("redis_tls").url()  # rediss://, as the ACL user
+    elif backend.startswith("valkey"):
+        url = request.getfixturevalue("valkey_server").url.replace("redis://", "valkey://")  # valkey-py's client
     clients: list[Any] = []
 
     def factory(**kwargs: Any) -> Bucket:
@@ -65,12 +84,24 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
             local = {k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive")}
             local.setdefault("capacity", 1)
             return TokenBucket(**local)
-        if backend == "redis":
+        if backend in ("redis", "sentinel", "tls", "valkey"):
             bucket = RedisTokenBucket.from_url(url, **kwargs)
-        elif backend == "redis-aio":
+        elif backend in ("redis-aio", "tls-aio"):
             bucket = LoopBucket(
                 lambda: redis.asyncio.Redis.from_url(url),
                 lambda client: AsyncRedisTokenBucket(client, **kwargs),
+            )
+        elif backend == "valkey-aio":
+            import valkey.asyncio
+
+            bucket = LoopBucket(
+                lambda: valkey.asyncio.Valkey.from_url(url),
+                lambda client: AsyncRedisTokenBucket(client, **kwargs),
+            )
+        elif backend == "sentinel-aio":
+            bucket = LoopBucket(
+                lambda: redis.asyncio.sentinel.Sentinel(redis_sentinel_addresses(url)),
+                lambda client: AsyncRedisTokenBucket(client, service_name="mymaster", **kwargs),
             )
         elif backend == "redis-cluster":
             client = redis.cluster.RedisCluster.from_url(url)
@@ -89,6 +120,12 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
         bucket.close()
     for client in clients:
         client.close()
+
+
+def redis_sentinel_addresses(url: str) -> list[tuple[str, int]]:
+    """The sentinels a ``redis+sentinel://`` URL names (to build a Sentinel object, not a URL)."""
+    hosts = url.split("://", 1)[1].split("/", 1)[0]
+    return [(host, int(port)) for host, port in (item.rsplit(":", 1) for item in hosts.split(","))]
 
 
 def reserve(bucket: Bucket, tokens: float = 1, **kwargs: Any) -> Any:

@@ -438,7 +438,7 @@ def test_the_extremes_of_every_range_work_against_redis(make: Make, redis_client
 
 
 def test_a_client_that_is_not_a_sync_redis_client_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"client must be a redis\.Redis or redis\.cluster\.RedisCluster, got str"):
+    with pytest.raises(ValueError, match=r"client must be a redis\.Redis, .* got str"):
         RedisTokenBucket("redis://localhost", key="k", rate=1)
     with pytest.raises(ValueError, match="redis_aio"):
         RedisTokenBucket(redis.asyncio.Redis(), key="k", rate=1)

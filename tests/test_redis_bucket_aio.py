@@ -245,7 +245,7 @@ async def test_the_bucket_satisfies_the_async_bucket_protocol(make: Make) -> Non
 
 
 async def test_bad_inputs_are_clear_errors() -> None:
-    expected = r"client must be a redis\.asyncio\.Redis or redis\.asyncio\.cluster\.RedisCluster, got Redis; use"
+    expected = r"client must be a redis\.asyncio\.Redis, .*valkey\.asyncio.s twin\), got Redis; use"
     with pytest.raises(ValueError, match=expected):
         RedisTokenBucket(redis.Redis(), key="k", rate=1)
     with pytest.raises(ValueError, match="rate must be a number in"):

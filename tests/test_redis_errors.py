@@ -11,14 +11,37 @@ import pytest
 import redis
 from redis import exceptions as rx
 
-from grpc_throttle.buckets._redis_errors import classify
+from grpc_throttle.buckets._redis_errors import classify, is_client_error, is_error_reply, is_noscript
 from grpc_throttle.buckets.local import Reservation
 from grpc_throttle.buckets.redis import RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
 from grpc_throttle.errors import BucketUnavailableError
+from tests.redis_deployments import require_valkey
 from tests.redis_server import RedisServer, require_redis
 
 # -- the classifier (pure) ---------------------------------------------------
+
+
+def test_a_script_denied_a_command_by_acl_is_a_mistake_naming_the_recipe() -> None:
+    # redis-server 7.0's reply (a plain ERR: the text is all there is; test_redis_tls meets it for real).
+    error = rx.ResponseError(
+        "The user executing the script can't run this command or subcommand script: 226c..., on @user_script:31."
+    )
+    verdict = classify(error)
+    assert verdict.kind == "mistake" and "ACL SETUSER <user> resetkeys ~grpc-throttle:*" in verdict.fix
+
+
+def test_noscript_and_error_replies_are_known_by_class_for_both_clients() -> None:
+    assert is_noscript(rx.NoScriptError("No matching script")) and is_error_reply(rx.NoScriptError("x"))
+    assert not is_error_reply(rx.ConnectionError("x")) and not is_noscript(rx.ResponseError("x"))
+    assert is_client_error(rx.TimeoutError()) and not is_client_error(ValueError())
+    require_valkey()  # the test extra installs it; CI=true fails without it
+    import valkey.exceptions as valkey_exceptions
+
+    assert is_noscript(valkey_exceptions.NoScriptError("No matching script"))
+    assert is_error_reply(valkey_exceptions.ResponseError("WRONGTYPE"))
+    assert classify(valkey_exceptions.AuthenticationError("invalid password")).kind == "mistake"
+    assert classify(valkey_exceptions.ConnectionError("refused")).kind == "outage"
 
 
 @pytest.mark.parametrize(

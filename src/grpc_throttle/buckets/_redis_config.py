@@ -31,6 +31,42 @@ SCRIPTS = {
 }
 #: Their SHA1 digests, as EVALSHA names them.
 SHAS = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}
+#: Key patterns covering every key a bucket uses (the ``~`` patterns of an ACL user): the
+#: hash ``grpc-throttle:<key>`` and its holes, ``{grpc-throttle:<key>}:holes`` or, for a key
+#: with a hash tag of its own, ``grpc-throttle:<key>:holes`` (see Settings.holes_key).
+ACL_KEY_PATTERNS = ("grpc-throttle:*", "{grpc-throttle:*")
+#: Every command a bucket needs (the ``+`` commands of an ACL user): those it sends
+#: (EVALSHA, SCRIPT LOAD, and TYPE to explain a refused script) and those its Lua
+#: scripts run, which Redis checks against the user too.
+ACL_COMMANDS = (
+    "evalsha",
+    "script|load",
+    "type",
+    "time",
+    "hget",
+    "hmget",
+    "hset",
+    "pexpire",
+    "pttl",
+    "del",
+    "zadd",
+    "zrangebyscore",
+    "zrem",
+    "zremrangebyscore",
+)
+
+
+def acl_rules() -> str:
+    """The rules of an ACL user that may run buckets and nothing else (after ``ACL SETUSER name on >password``).
+
+    Example:
+        >>> acl_rules().split()[:2]
+        ['resetkeys', '~grpc-throttle:*']
+    """
+    keys = " ".join(f"~{pattern}" for pattern in ACL_KEY_PATTERNS)
+    return f"resetkeys {keys} resetchannels -@all " + " ".join(f"+{command}" for command in ACL_COMMANDS)
+
+
 #: The bucket's pool size: no limit in practice. A bucket holds a connection
 #: only for one script call, so its pool grows to the calls in flight at once;
 #: redis-py 8's default of 100 would fail the 101st concurrent call with

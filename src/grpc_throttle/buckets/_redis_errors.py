@@ -23,7 +23,9 @@ import ssl
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Kind", "Verdict", "classify"]
+from ._redis_config import acl_rules
+
+__all__ = ["Kind", "Verdict", "classify", "is_client_error", "is_error_reply", "is_noscript"]
 
 #: What to do with an error:
 #:
@@ -45,8 +47,8 @@ _AUTH = (
     "(or the URL, redis://user:password@host:port)"
 )
 _NOPERM = (
-    "the Redis user lacks a permission the bucket needs: allow EVALSHA, EVAL, SCRIPT LOAD, TYPE "
-    "and the keys 'grpc-throttle:*' and '{grpc-throttle:*' (ACL SETUSER ...)"
+    "the Redis user lacks a permission the bucket needs (its scripts' commands count too): "
+    f"ACL SETUSER <user> {acl_rules()} (README, 'Redis deployments')"
 )
 _READONLY = (
     "Redis answered READONLY: the client points at a read-only replica; point it at the primary "
@@ -86,6 +88,10 @@ _MISTAKES = {
 #: no class to them, and then keeps the code as the message's first word):
 #: a script running too long elsewhere, too few replicas for a write.
 _UNMAPPED_OUTAGE_CODES = ("BUSY", "NOREPLICAS")
+#: The one mistake Redis (7.0, and Valkey) reports with no code of its own: an ACL
+#: user may run EVALSHA but not a command or key inside the script. The reply is a
+#: plain ``ERR`` whose text is all there is to go by (checked on redis-server 7.0).
+_SCRIPT_NOPERM = "The user executing the script can't"
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ def classify(error: BaseException, *, cluster: bool = False) -> Verdict:
         if name in _OUTAGES:
             return Verdict("outage")
         if name == "ResponseError":
+            if _SCRIPT_NOPERM in str(error):
+                return Verdict("mistake", _NOPERM)
             first = str(error).split(" ", 1)[0]
             return Verdict("outage") if first in _UNMAPPED_OUTAGE_CODES else Verdict("refused")
         if name == "RedisError":
@@ -130,6 +138,21 @@ def classify(error: BaseException, *, cluster: bool = False) -> Verdict:
     if isinstance(error, (OSError, asyncio.TimeoutError)):  # distinct classes on Python 3.10
         return Verdict("outage")
     return Verdict("unknown")
+
+
+def is_error_reply(error: BaseException) -> bool:
+    """True for an error reply of Redis (the connection stays usable), redis-py's or valkey-py's."""
+    return "ResponseError" in _client_class_names(error)
+
+
+def is_noscript(error: BaseException) -> bool:
+    """True for ``NOSCRIPT``: Redis does not know the script (first use, or after SCRIPT FLUSH)."""
+    return "NoScriptError" in _client_class_names(error)
+
+
+def is_client_error(error: BaseException) -> bool:
+    """True for any error of a Redis client library (not a bug elsewhere)."""
+    return bool(_client_class_names(error))
 
 
 def _client_class_names(error: BaseException) -> list[str]:

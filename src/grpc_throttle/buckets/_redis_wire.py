@@ -25,15 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from redis import exceptions as redis_errors
+from ._redis_errors import is_client_error, is_error_reply
 
-__all__ = ["AsyncClusterWire", "AsyncWire", "ClusterWire", "Wire"]
+_logger = logging.getLogger(__name__)
+
+__all__ = ["AsyncClusterWire", "AsyncSentinelWire", "AsyncWire", "ClusterWire", "SentinelWire", "Wire"]
 
 #: Packed commands kept per wire (the common arguments change only with the rate).
 _CACHE_SIZE = 16
+#: Seconds between two asks of the sentinels for the master (see SentinelWire).
+SENTINEL_RECHECK = 1.0
+#: The same after no sentinel answered.
+SENTINEL_RECHECK_AFTER_FAILURE = 30.0
 
 
 def _connection_args(pool: Any) -> tuple[str, ...]:
@@ -85,10 +93,9 @@ class Wire(_Packer):
         try:
             conn.send_packed_command(self.pack(conn, sha, args, more_keys))
             return conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            conn.disconnect()
+        except BaseException as error:
+            if not is_error_reply(error):
+                conn.disconnect()
             raise
         finally:
             self.pool.release(conn)
@@ -99,10 +106,9 @@ class Wire(_Packer):
         try:
             conn.send_command("SCRIPT", "LOAD", source)
             conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            conn.disconnect()
+        except BaseException as error:
+            if not is_error_reply(error):
+                conn.disconnect()
             raise
         finally:
             self.pool.release(conn)
@@ -122,10 +128,9 @@ class AsyncWire(_Packer):
         try:
             await conn.send_packed_command(self.pack(conn, sha, args, more_keys))
             return await conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            await conn.disconnect(nowait=True)
+        except BaseException as error:
+            if not is_error_reply(error):
+                await conn.disconnect(nowait=True)
             raise
         finally:
             await self.pool.release(conn)
@@ -136,13 +141,79 @@ class AsyncWire(_Packer):
         try:
             await conn.send_command("SCRIPT", "LOAD", source)
             await conn.read_response()
-        except redis_errors.ResponseError:
-            raise
-        except BaseException:
-            await conn.disconnect(nowait=True)
+        except BaseException as error:
+            if not is_error_reply(error):
+                await conn.disconnect(nowait=True)
             raise
         finally:
             await self.pool.release(conn)
+
+
+class _Recheck:
+    """When a Sentinel-managed pool should ask the sentinels for the master again.
+
+    redis-py's Sentinel pool asks only when it opens a connection, so after a
+    failover its open connections keep writing to the old master until
+    Sentinel demotes it (on its next INFO of it, up to 10 s): two schedules at
+    once. Asking every :data:`SENTINEL_RECHECK` seconds (one ``SENTINEL
+    MASTERS``, bounded by the bucket's timeout per sentinel) re-points the
+    pool within that: redis-py then closes the idle connections to the old
+    master and those in use as they come back.
+    """
+
+    def __init__(self) -> None:
+        #: When to ask next (time.monotonic); racing threads at worst ask twice.
+        self.due = time.monotonic() + SENTINEL_RECHECK
+
+    def now(self) -> bool:
+        now = time.monotonic()
+        if now < self.due:
+            return False
+        self.due = now + SENTINEL_RECHECK
+        return True
+
+    def failed(self, error: BaseException) -> None:
+        """No sentinel answered: keep the master in use (a dead one shows on the call itself),
+        and ask again only after ``SENTINEL_RECHECK_AFTER_FAILURE``: each ask costs a timeout
+        per sentinel, which calls should not pay every second while the sentinels are down."""
+        if not is_client_error(error):
+            raise error
+        self.due = time.monotonic() + SENTINEL_RECHECK_AFTER_FAILURE
+        _logger.debug("asking the sentinels for the master failed: %r", error)
+
+
+class SentinelWire(Wire):
+    """:class:`Wire` on a Sentinel-managed pool, which asks for the master every second (see _Recheck)."""
+
+    def __init__(self, pool: Any, key: str) -> None:
+        super().__init__(pool, key)
+        #: When to ask the sentinels again.
+        self.recheck = _Recheck()
+
+    def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        if self.recheck.now():
+            try:
+                self.pool.get_master_address()
+            except Exception as error:
+                self.recheck.failed(error)
+        return super().evalsha(sha, args, more_keys)
+
+
+class AsyncSentinelWire(AsyncWire):
+    """:class:`AsyncWire` on a Sentinel-managed pool, which asks for the master every second."""
+
+    def __init__(self, pool: Any, key: str) -> None:
+        super().__init__(pool, key)
+        #: When to ask the sentinels again.
+        self.recheck = _Recheck()
+
+    async def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
+        if self.recheck.now():
+            try:
+                await self.pool.get_master_address()
+            except Exception as error:
+                self.recheck.failed(error)
+        return await super().evalsha(sha, args, more_keys)
 
 
 class ClusterWire:

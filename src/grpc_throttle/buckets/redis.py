@@ -15,25 +15,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
-from redis.retry import Retry
-
 from ..errors import BucketUnavailableError
 from ._base import Bucket
 from ._cubic import AdaptiveRate
 from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
-from ._redis_config import (
-    FailurePolicy,
-    Settings,
-    cluster_kwargs,
-    hashed_key,
-    pool_kwargs,
-    redact_url,
-)
-from ._redis_errors import classify
+from ._redis_clients import close_made, sync_client
+from ._redis_config import FailurePolicy, Settings, hashed_key
+from ._redis_errors import classify, is_client_error, is_noscript
+from ._redis_urls import client_from_url
 from ._redis_wire import ClusterWire, Wire
 from .local import Reservation
 
@@ -90,10 +80,13 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
     as a failover causes it for a moment too, and is logged at ERROR once.
 
     Args:
-        client: A ``redis.Redis``, or a ``redis.cluster.RedisCluster`` for
-            Redis Cluster (the bucket's keys share one slot). The bucket uses
+        client: A ``redis.Redis``; a ``redis.cluster.RedisCluster`` for
+            Redis Cluster (the bucket's keys share one slot); or a
+            ``redis.sentinel.Sentinel`` with ``service_name``; or valkey-py's
+            twin of any of these (``valkey.Valkey``, ...). The bucket uses
             its connection settings with its own connections, ``timeout`` and
-            no retries; the client is unchanged.
+            no retries; the client is unchanged. With Sentinel, looking the
+            master up takes at most ``timeout`` per sentinel asked.
         key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
             derive it from a token: key names are visible to anyone who can
             list keys.
@@ -117,6 +110,8 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             key should pass the same.
         clock: Monotonic clock for the breaker, the lease and the local copy
             of the adaptation curve; the schedule itself runs on Redis's clock.
+        service_name: With a ``Sentinel`` client: the name of the master's
+            service (``sentinel monitor <name> ...``).
 
     Example:
         >>> bucket = RedisTokenBucket(redis.Redis(), key="team-a", rate=15)
@@ -128,7 +123,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,
         *,
         key: str,
         rate: float,
@@ -140,17 +135,8 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         lease: int = 1,
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
+        service_name: str | None = None,
     ) -> None:
-        cluster = isinstance(client, RedisCluster)
-        if not (cluster or isinstance(client, redis.Redis)):
-            hint = (
-                "; use grpc_throttle.buckets.redis_aio.RedisTokenBucket for redis.asyncio"
-                if isinstance(client, (redis.asyncio.Redis, redis.asyncio.RedisCluster))
-                else ""
-            )
-            raise ValueError(
-                f"client must be a redis.Redis or redis.cluster.RedisCluster, got {type(client).__name__}{hint}"
-            )
         capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
@@ -162,43 +148,33 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             lease=lease,
         )
         super().__init__(settings, rate, clock, adaptive)
-        retry = Retry(NoBackoff(), 0)
-        #: The bucket's own client: the caller's settings, the bucket's timeout, no retries.
-        self._redis: Any
+        made, self._cluster = sync_client(client, service_name, self._key, settings.timeout)
+        #: The bucket's own client (the caller's settings, the bucket's timeout, no retries) and more.
+        self._made = made
+        #: That client.
+        self._redis: Any = made.client
         #: Runs the scripts on that client (see _redis_wire).
-        self._wire: Wire | ClusterWire
-        if cluster:
-            self._cluster = True
-            kwargs = cluster_kwargs(client, client.nodes_manager.connection_kwargs, settings.timeout, retry)
-            nodes = [ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
-            self._redis = RedisCluster(startup_nodes=nodes, **kwargs)
-            self._wire = ClusterWire(self._redis, self._key)
-        else:
-            pool = client.connection_pool
-            kwargs = pool_kwargs(pool, settings.timeout, retry)
-            self._redis = redis.Redis(
-                connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-            )
-            self._wire = Wire(self._redis.connection_pool, self._key)
+        self._wire: Wire | ClusterWire = made.wire
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
-        """A bucket on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+        """A bucket on the Redis at ``url``.
 
         Args:
-            url: Where Redis is, e.g. ``redis://:password@host:6379/0``.
+            url: Where Redis is: ``redis://[[user]:password@]host:6379/0``,
+                ``rediss://`` (TLS), ``unix://``, or a Sentinel deployment as
+                ``redis+sentinel://[[user]:password@]host:port[,host:port]/service_name``
+                (``rediss+sentinel://`` for TLS); ``valkey://`` or ``valkeys://``
+                for valkey-py's client.
             **kwargs: The constructor's keyword arguments.
 
         Raises:
             ValueError: ``url`` is not a valid Redis URL (the message hides
                 any password), or another argument is wrong.
         """
-        if not isinstance(url, str):
-            raise ValueError(f"url must be a str, got {type(url).__name__}")
-        try:
-            client = redis.Redis.from_url(url)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {error}") from None
+        client, service_name = client_from_url(url, asyncio=False)
+        if service_name is not None:
+            kwargs["service_name"] = service_name
         return cls(client, **kwargs)
 
     # -- taking tokens ---------------------------------------------------
@@ -317,10 +293,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     def close(self) -> None:
         """Close the bucket's connections (the client passed in is not touched)."""
-        if self._cluster:
-            self._redis.close()
-        else:
-            self._redis.connection_pool.disconnect()
+        close_made(self._made)
 
     # -- Redis -----------------------------------------------------------
 
@@ -360,14 +333,18 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         for _ in range(_LOAD_TRIES):
             try:
                 return self._wire.evalsha(SHAS[name], args, more_keys)
-            except redis.exceptions.NoScriptError:
+            except Exception as error:
+                if not is_noscript(error):
+                    raise
                 self._wire.load(SCRIPTS[name])
         return self._wire.evalsha(SHAS[name], args, more_keys)
 
     def _key_type(self) -> str | None:
         try:
             kind = self._redis.type(self.key)
-        except redis.RedisError:
+        except Exception as error:  # only to explain a refusal: any client error leaves it unexplained
+            if not is_client_error(error):
+                raise
             return None
         return kind.decode() if isinstance(kind, bytes) else str(kind)
 

@@ -17,27 +17,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from ..errors import BucketUnavailableError
 from ._base import AsyncBucket
 from ._cubic import AdaptiveRate
 from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
-from ._redis_config import (
-    FailurePolicy,
-    Settings,
-    cluster_kwargs,
-    hashed_key,
-    pool_kwargs,
-    redact_url,
-)
-from ._redis_errors import classify
-from ._redis_wire import AsyncClusterWire, AsyncWire
+from ._redis_clients import AsyncMade, aclose_made, async_recipe
+from ._redis_config import FailurePolicy, Settings, hashed_key
+from ._redis_errors import classify, is_client_error, is_noscript
+from ._redis_loops import PerLoop
+from ._redis_urls import client_from_url
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -60,10 +49,14 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
     :meth:`aclose` replaces ``close``.
 
     Args:
-        client: A ``redis.asyncio.Redis``, or a
-            ``redis.asyncio.cluster.RedisCluster`` for Redis Cluster. The bucket
-            uses its connection settings with its own connections, ``timeout``
-            and no retries; the client is unchanged.
+        client: A ``redis.asyncio.Redis``; a
+            ``redis.asyncio.cluster.RedisCluster`` for Redis Cluster; or a
+            ``redis.asyncio.sentinel.Sentinel`` with ``service_name``; or
+            ``valkey.asyncio``'s twin of any of these. The
+            bucket uses its connection settings with its own connections,
+            ``timeout`` and no retries, one set per event loop (the bucket
+            serves any number of loops, one after another or at once); the
+            client is unchanged.
         key: The bucket's name (e.g. the API user). Use :func:`hashed_key` to
             derive it from a token: key names are visible to anyone who can
             list keys.
@@ -83,6 +76,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             none (it still follows the rate others set).
         clock: Monotonic clock for the breaker, the lease and the local copy
             of the adaptation curve; the schedule itself runs on Redis's clock.
+        service_name: With a ``Sentinel`` client: the master's service name.
 
     Example:
         >>> bucket = RedisTokenBucket(redis.asyncio.Redis(), key="team-a", rate=15)
@@ -94,7 +88,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: Any,
         *,
         key: str,
         rate: float,
@@ -106,18 +100,8 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         lease: int = 1,
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
+        service_name: str | None = None,
     ) -> None:
-        cluster = isinstance(client, RedisCluster)
-        if not (cluster or isinstance(client, aioredis.Redis)):
-            hint = (
-                "; use grpc_throttle.buckets.redis.RedisTokenBucket for a sync client"
-                if isinstance(client, (redis.Redis, redis.cluster.RedisCluster))
-                else ""
-            )
-            raise ValueError(
-                f"client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster, "
-                f"got {type(client).__name__}{hint}"
-            )
         capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
@@ -129,45 +113,30 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             lease=lease,
         )
         super().__init__(settings, rate, clock, adaptive)
-        retry = Retry(NoBackoff(), 0)
-        #: The bucket's own client: the caller's settings, the bucket's timeout, no retries.
-        self._redis: Any
-        #: Runs the scripts on that client (see _redis_wire).
-        self._wire: AsyncWire | AsyncClusterWire
-        if cluster:
-            self._cluster = True
-            kwargs = cluster_kwargs(client, client.connection_kwargs, settings.timeout, retry)
-            nodes = [ClusterNode(host, port) for host, port in kwargs.pop("addresses")]
-            self._redis = RedisCluster(startup_nodes=nodes, **kwargs)
-            self._wire = AsyncClusterWire(self._redis, self._key)
-        else:
-            pool = client.connection_pool
-            kwargs = pool_kwargs(pool, settings.timeout, retry)
-            self._redis = aioredis.Redis(
-                connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-            )
-            self._wire = AsyncWire(self._redis.connection_pool, self._key)
+        make, self._cluster = async_recipe(client, service_name, self._key, settings.timeout)
+        #: The bucket's own client and wire, one pair per event loop (see _redis_loops): the
+        #: caller's settings, the bucket's timeout, no retries.
+        self._clients: PerLoop[AsyncMade] = PerLoop(make, aclose_made)
         #: Cancellations and adaptation updates in flight; held so they are not garbage-collected.
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
-        """A bucket on the Redis at ``url`` (``redis://``, ``rediss://`` or ``unix://``).
+        """A bucket on the Redis at ``url``, as the sync bucket's ``from_url`` reads it.
 
         Args:
-            url: Where Redis is, e.g. ``redis://:password@host:6379/0``.
+            url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+                ``rediss+sentinel://``, ``valkey://`` or ``valkeys://`` (see the
+                sync ``from_url``).
             **kwargs: The constructor's keyword arguments.
 
         Raises:
             ValueError: ``url`` is not a valid Redis URL (the message hides
                 any password), or another argument is wrong.
         """
-        if not isinstance(url, str):
-            raise ValueError(f"url must be a str, got {type(url).__name__}")
-        try:
-            client = aioredis.Redis.from_url(url)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"invalid Redis URL {redact_url(url)!r}: {error}") from None
+        client, service_name = client_from_url(url, asyncio=True)
+        if service_name is not None:
+            kwargs["service_name"] = service_name
         return cls(client, **kwargs)
 
     # -- taking tokens ---------------------------------------------------
@@ -296,15 +265,16 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
-        """Wait for pending cancellations, then close the bucket's connections.
+        """Wait for this loop's pending cancellations, then close its connections.
 
-        The client passed in is not touched.
+        The client passed in is not touched. Other loops' connections close
+        when those loops shut down (``asyncio.run`` does it) or call ``aclose``.
         """
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._redis.aclose()
-        if not self._cluster:
-            await self._redis.connection_pool.disconnect()
+        loop = asyncio.get_running_loop()
+        mine = [task for task in self._tasks if task.get_loop() is loop]
+        if mine:
+            await asyncio.gather(*mine, return_exceptions=True)
+        await self._clients.aclose()
 
     # -- Redis -----------------------------------------------------------
 
@@ -332,17 +302,23 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         # about as much as the round trip), loading the script when Redis does
         # not know it (first use, SCRIPT FLUSH; another flush may come between
         # the load and the call, hence a few tries).
+        wire = (await self._clients.get()).wire
         for _ in range(_LOAD_TRIES):
             try:
-                return await self._wire.evalsha(SHAS[name], args, more_keys)
-            except redis.exceptions.NoScriptError:
-                await self._wire.load(SCRIPTS[name])
-        return await self._wire.evalsha(SHAS[name], args, more_keys)
+                return await wire.evalsha(SHAS[name], args, more_keys)
+            except Exception as error:
+                if not is_noscript(error):
+                    raise
+                await wire.load(SCRIPTS[name])
+        return await wire.evalsha(SHAS[name], args, more_keys)
 
     async def _key_type(self) -> str | None:
         try:
-            kind = await self._redis.type(self.key)
-        except redis.RedisError:
+            own = (await self._clients.get()).client
+            kind = await own.type(self.key)
+        except Exception as error:  # only to explain a refusal: any client error leaves it unexplained
+            if not is_client_error(error):
+                raise
             return None
         return kind.decode() if isinstance(kind, bytes) else str(kind)
 
