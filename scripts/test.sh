@@ -23,7 +23,14 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   fi
 fi
 
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The test extra, the Clarifai SDK (its tests fail under CI=true without it),
+# and the dev dependency group (ruff, mypy, stubs: pyproject.toml's
+# [dependency-groups], PEP 735), which pip installs from 25.1 on.
+if ! "$PYTHON" -m pip install --help 2>/dev/null | grep -q -- '--group'; then
+  echo "scripts/test.sh: upgrading pip, which installs dependency groups from 25.1 on"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+fi
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test,clarifai-sdk]" --group dev
 
 # Static checks: cheap, and they fail the run like a failing test would.
 # The generated code is checked with the one grpcio-tools that makes it
