@@ -31,6 +31,7 @@ if ! "$PYTHON" -m pip install --help 2>/dev/null | grep -q -- '--group'; then
   "$PYTHON" -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
 fi
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test,clarifai-sdk]" --group dev
+"$PYTHON" -c 'import importlib.metadata as m, platform; print("scripts/test.sh: Python", platform.python_version(), *(f"{p} {m.version(p)}" for p in ("grpcio", "protobuf", "grpcio-status", "clarifai-grpc", "clarifai")))'
 
 # Static checks: cheap, and they fail the run like a failing test would.
 # The generated code is checked with the one grpcio-tools that makes it
