@@ -26,7 +26,15 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   fi
 fi
 
-"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# The test extra, the Clarifai SDK (its tests fail under CI=true without it),
+# and the dev dependency group (ruff, mypy, stubs: pyproject.toml's
+# [dependency-groups], PEP 735), which pip installs from 25.1 on.
+if ! "$PYTHON" -m pip install --help 2>/dev/null | grep -q -- '--group'; then
+  echo "scripts/test.sh: upgrading pip, which installs dependency groups from 25.1 on"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --upgrade 'pip>=25.1'
+fi
+"$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test,clarifai-sdk]" --group dev
+"$PYTHON" -c 'import importlib.metadata as m, platform; print("scripts/test.sh: Python", platform.python_version(), *(f"{p} {m.version(p)}" for p in ("grpcio", "protobuf", "grpcio-status", "clarifai-grpc", "clarifai")))'
 
 # Static checks: cheap, and they fail the run like a failing test would.
 # The generated code is checked with the one grpcio-tools that makes it

@@ -1,5 +1,9 @@
 """Shared fixtures: an echo server, and real ``redis-server`` instances.
 
+Nothing here imports generated protobuf code when pytest loads it (the echo
+servers are imported by their fixtures), so a protobuf runtime too old for that
+code fails the tests that use it, not the whole session at collection.
+
 Without ``redis-server`` on PATH (or without redis-py) the tests using the Redis
 fixtures are skipped, except under ``CI=true``, where they fail: the CI script
 installs Redis, so a missing one there is a broken setup, not a reason to skip.
@@ -9,14 +13,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.drivers import SYNC_DRIVERS
 from tests.redis_deployments import RedisSentinel, RedisTLS, require_valkey, valkey_server_binary
 from tests.redis_server import RedisCluster, RedisServer, require_redis
-from tests.scripted import AioEchoServer, EchoServer
+
+if TYPE_CHECKING:
+    from tests.scripted import AioEchoServer, EchoServer
 
 #: gRPC's interop code is run by test_interop.py; its generated test_pb2*.py are not test modules.
 collect_ignore = ["interop"]
@@ -24,12 +30,16 @@ collect_ignore = ["interop"]
 
 @pytest.fixture
 def echo_server() -> Iterator[EchoServer]:
+    from tests.scripted import EchoServer
+
     with EchoServer() as server:
         yield server
 
 
 @pytest.fixture
 async def aio_echo_server() -> AsyncIterator[AioEchoServer]:
+    from tests.scripted import AioEchoServer
+
     async with AioEchoServer() as server:
         yield server
 

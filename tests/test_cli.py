@@ -101,7 +101,7 @@ def test_demo_plot_writes_a_png(tmp_path: Path) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         if os.environ.get("CI") != "true":
-            pytest.skip("matplotlib is not installed (the bench extra)")
+            pytest.skip("matplotlib is not installed (the plot extra)")
         raise
     out = tmp_path / "out.png"
     result = run_cli("demo", "--calls", "20", "--threads", "2", "--bursts", "2", "--plot", str(out))
@@ -228,7 +228,7 @@ def test_missing_matplotlib_is_one_line() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=environment(), check=False
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == "grpc-throttle: error: --plot needs matplotlib: pip install grpc-throttle[bench]"
+    assert result.stderr.strip() == "grpc-throttle: error: --plot needs matplotlib: pip install grpc-throttle[plot]"
 
 
 def test_help_works() -> None:

@@ -1,6 +1,6 @@
 """``grpc-throttle demo --plot``: requests per second over time, against the quota.
 
-Needs matplotlib (the ``bench`` extra); :func:`check` says so before the demo
+Needs matplotlib (the ``plot`` extra); :func:`check` says so before the demo
 spends its time running.
 """
 
@@ -35,7 +35,7 @@ def check(path: str) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError as exc:
-        raise ImportError("--plot needs matplotlib: pip install grpc-throttle[bench]", name="matplotlib") from exc
+        raise ImportError("--plot needs matplotlib: pip install grpc-throttle[plot]", name="matplotlib") from exc
 
 
 def draw(path: str, runs: Sequence[RunResult], config: DemoConfig) -> None:
