@@ -30,7 +30,7 @@ from typing import Any
 
 import _harness as h
 
-ORDER = ("alternatives", "acquire", "overhead", "goodput", "redis", "adaptive", "scale", "redis_goodput")
+ORDER = ("alternatives", "acquire", "overhead", "goodput", "redis", "adaptive", "scale", "redis_goodput", "sdk")
 NEEDS_REDIS = ("redis", "redis_goodput")
 PACKAGES = ("grpc-throttle", "grpcio", "protobuf", "clarifai-grpc", "clarifai", "tenacity", "aiolimiter", "redis")
 Verdict = tuple[str, str, str, bool]  # (subject, target, measured, met)

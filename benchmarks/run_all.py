@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("acquire", "overhead", "goodput", "adaptive", "scale")
+BENCHMARKS = ("acquire", "overhead", "goodput", "adaptive", "scale", "sdk")
 
 
 def main() -> int:

@@ -16,10 +16,9 @@ import ssl
 import subprocess
 import tempfile
 import time
-from types import TracebackType
 
 from grpc_throttle.buckets._redis_config import acl_rules
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import Deployment, RedisServer, free_port
 
 __all__ = [
     "ACL_PASSWORD",
@@ -54,7 +53,7 @@ def _resp_strings(reply: bytes) -> list[str]:
     return [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("$")]
 
 
-class RedisSentinel:
+class RedisSentinel(Deployment):
     """One master, one replica and three sentinels watching them as ``service``.
 
     Fast settings, so that a failover takes about a second: the master is
@@ -157,24 +156,8 @@ class RedisSentinel:
         for server in (*self.sentinels, self.replica, self.master):
             server.close()
 
-    def __enter__(self) -> RedisSentinel:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RedisTLS:
+class RedisTLS(Deployment):
     """A ``redis-server`` speaking TLS only (``--port 0``), with an ACL user for buckets.
 
     ``openssl`` makes a CA and a certificate for 127.0.0.1 signed by it, plus
@@ -241,22 +224,6 @@ class RedisTLS:
     def close(self) -> None:
         self.server.close()
         self._dir.cleanup()
-
-    def __enter__(self) -> RedisTLS:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def valkey_server_binary() -> str | None:

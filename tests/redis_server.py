@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TypeVar
 
 __all__ = [
     "RedisCluster",
@@ -28,6 +29,8 @@ __all__ = [
     "redis_server_binary",
     "require_redis",
 ]
+
+_D = TypeVar("_D", bound="Deployment")
 
 
 def redis_server_binary() -> str | None:
@@ -46,7 +49,33 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
+class Deployment:
+    """``with`` for a set of servers: ``start()`` on entry (``close()`` if it fails), ``close()`` on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _D) -> _D:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisServer(Deployment):
     """One ``redis-server`` process on a free loopback port, restartable on that port.
 
     Args:
@@ -181,20 +210,8 @@ class RedisServer:
         self.stop()
         self._dir.cleanup()
 
-    def __enter__(self) -> RedisServer:
-        self.start()
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RedisCluster:
+class RedisCluster(Deployment):
     """A Redis Cluster of three masters (no replicas) on free loopback ports.
 
     Example:
@@ -245,22 +262,6 @@ class RedisCluster:
     def close(self) -> None:
         for node in self.nodes:
             node.close()
-
-    def __enter__(self) -> RedisCluster:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def require_redis(*, cluster: bool = False, tools: Sequence[str] = ()) -> None:

@@ -194,10 +194,7 @@ def format_table(runs: list[RunResult], config: DemoConfig) -> str:
         ("latency p50", lambda r: f"{r.latency(0.50):.2f} s"),
         ("latency p99", lambda r: f"{r.latency(0.99):.2f} s"),
     ]
-    width = max(20, *(len(r.name) + 2 for r in runs))
-    lines = ["", f"{'':<28}" + "".join(f"{r.name:>{width}}" for r in runs)]
-    lines += [f"{label:<28}" + "".join(f"{show(r):>{width}}" for r in runs) for label, show in rows]
-    return "\n".join(lines)
+    return _side_by_side(runs, rows)
 
 
 def format_bursty_table(runs: list[RunResult]) -> str:
@@ -210,6 +207,11 @@ def format_bursty_table(runs: list[RunResult]) -> str:
         ("latency p90", lambda r: f"{r.latency(0.90) * 1e3:.1f} ms"),
         ("latency p99", lambda r: f"{r.latency(0.99) * 1e3:.1f} ms"),
     ]
+    return _side_by_side(runs, rows)
+
+
+def _side_by_side(runs: list[RunResult], rows: list[tuple[str, Callable[[RunResult], str]]]) -> str:
+    """One column per run, one row per ``(label, cell)``."""
     width = max(20, *(len(r.name) + 2 for r in runs))
     lines = ["", f"{'':<28}" + "".join(f"{r.name:>{width}}" for r in runs)]
     lines += [f"{label:<28}" + "".join(f"{show(r):>{width}}" for r in runs) for label, show in rows]
