@@ -191,10 +191,21 @@ class RedisTLS(Deployment):
         ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
         for name in ("ca", "other-ca"):
             crt, ca_key = self._path(f"{name}.crt"), self._path(f"{name}.key")
-            run("req", "-x509", *ec, "-keyout", ca_key, "-out", crt, "-days", "2", "-subj", f"/CN=grpc-throttle {name}")
+            # The extensions Python 3.13's VERIFY_X509_STRICT (on by default) requires of a CA.
+            ca_ext = (
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            )
+            subject = f"/CN=grpc-throttle {name}"
+            run("req", "-x509", *ec, *ca_ext, "-keyout", ca_key, "-out", crt, "-days", "2", "-subj", subject)
         csr, ext = self._path("server.csr"), self._path("server.ext")
         with open(ext, "w", encoding="utf-8") as file:
-            file.write("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+            file.write(
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                "keyUsage=critical,digitalSignature\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
+            )
         run("req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
         run(
             "x509",
