@@ -182,7 +182,7 @@ def _order(script: Any) -> list[str]:
 def test_a_cut_re_spaces_the_calls_already_waiting(echo_server: EchoServer, wrap: str) -> None:
     # Six calls queued at 20/s (slots 0.05 s apart); the rate is then cut to 5/s.
     # Without re-spacing the queue would still go out at 20/s (0.25 s in all).
-    bucket = TokenBucket(rate=20)
+    bucket = TokenBucket(rate=20, burst=1)
     interceptor = ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
     raw = grpc.insecure_channel(echo_server.target)
     grpc.channel_ready_future(raw).result(timeout=10)
@@ -219,7 +219,7 @@ async def test_aio_a_cut_re_spaces_the_calls_already_waiting() -> None:
 
 async def test_aio_a_wait_stretched_past_the_deadline_is_a_deadline_error() -> None:
     async with AioEchoServer() as server:
-        bucket = TokenBucket(rate=10)
+        bucket = TokenBucket(rate=10, burst=1)
         interceptor = grpc_throttle.aio.ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
         async with grpc.aio.insecure_channel(server.target, interceptors=[interceptor]) as channel:
             await channel.channel_ready()
@@ -237,7 +237,7 @@ async def test_aio_a_wait_stretched_past_the_deadline_is_a_deadline_error() -> N
 
 
 def test_a_wait_stretched_past_the_deadline_is_a_deadline_error(echo_server: EchoServer) -> None:
-    bucket = TokenBucket(rate=10)
+    bucket = TokenBucket(rate=10, burst=1)
     interceptor = ThrottlingInterceptor(bucket, retry=FAST, throttle=ECHO_POLICY)
     channel = ThrottledChannel(grpc.insecure_channel(echo_server.target), interceptor)
     stub = echo_pb2_grpc.EchoStub(channel)

@@ -150,7 +150,7 @@ async def test_metadata_goes_unchanged_on_every_attempt(make_stub: Any, server: 
 
 
 async def test_streaming_calls_take_a_token_when_they_start(make_stub: Any) -> None:
-    stub, interceptor = make_stub(TokenBucket(rate=4))
+    stub, interceptor = make_stub(TokenBucket(rate=4, burst=1))
     started = time.monotonic()
     assert [r.text async for r in stub.ServerStream(echo_pb2.EchoRequest(text="s:ok", repeat=2))] == ["s:ok"] * 2
     assert (await stub.ClientStream(iter([request("c:ok"), request("c2")]))).text == "c:ok|c2"

@@ -287,7 +287,7 @@ def test_cost_per_call_takes_that_many_tokens(make_stub: Any) -> None:
 
 
 def test_streaming_calls_take_a_token_when_they_start(make_stub: Any, echo_server: EchoServer) -> None:
-    bucket = TokenBucket(rate=4)
+    bucket = TokenBucket(rate=4, burst=1)
     stub, interceptor = make_stub(bucket)
     started = time.monotonic()
     assert [r.text for r in stub.ServerStream(echo_pb2.EchoRequest(text="s:ok", repeat=2))] == ["s:ok"] * 2
@@ -350,7 +350,7 @@ def test_a_streaming_call_re_spaced_past_its_deadline_fails_unsent(make_stub: An
 
 
 def test_two_channels_share_one_bucket_and_its_combined_rate(echo_server: EchoServer, channel_kind: str) -> None:
-    bucket = TokenBucket(rate=20)
+    bucket = TokenBucket(rate=20, burst=1)
     stubs = []
     for _ in range(2):
         channel = wrap(channel_kind, grpc.insecure_channel(echo_server.target), ThrottlingInterceptor(bucket))

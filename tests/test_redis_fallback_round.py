@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from grpc_throttle import AdaptiveRate
 from grpc_throttle.buckets.redis import RedisTokenBucket
 from tests.redis_server import RedisServer
@@ -20,6 +22,7 @@ def test_throttles_of_one_fallback_round_cut_the_fallback_once(
         own_redis_server.stop()
         reservations = [bucket.reserve(max_wait=60) for _ in range(3)]
         assert all(r is not None for r in reservations)
+        time.sleep(max(r.delay for r in reservations if r is not None))  # all three have been sent
         before = bucket._local.effective_rate
         for reservation in reservations:  # three answers to calls sent together: one signal
             assert reservation is not None

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grpc_throttle import TokenBucket
-from grpc_throttle.buckets import Limit
+from grpc_throttle.buckets import Limit, _burst
 from tests.clock import VirtualClock
 
 
@@ -22,17 +22,17 @@ def make(rate: float = 10, capacity: float | None = None) -> tuple[TokenBucket, 
     return TokenBucket(rate=rate, capacity=capacity, clock=clock), clock
 
 
-def test_a_new_bucket_spaces_calls_evenly_until_answers_come_back() -> None:
-    # Slow start: the burst is 1 until successes say the server takes more.
+def test_a_new_bucket_sends_pairs_until_answers_come_back() -> None:
+    # Slow start: the burst is 2 (burst.INITIAL) until successes say the server takes more.
     bucket, _ = make(rate=10)
-    assert bucket.burst == 1 and bucket.capacity == 10
-    delays = [bucket.reserve().delay for _ in range(4)]  # type: ignore[union-attr]
-    assert delays == pytest.approx([0.0, 0.1, 0.2, 0.3])
+    assert bucket.burst == _burst.INITIAL == 2 and bucket.capacity == 10
+    delays = [bucket.reserve().delay for _ in range(5)]  # type: ignore[union-attr]
+    assert delays == pytest.approx([0.0, 0.0, 0.1, 0.1, 0.2])
 
 
 def test_successes_grow_the_burst_to_the_rate_window_then_a_window_goes_at_once() -> None:
     bucket, clock = make(rate=10)
-    for expected in range(2, 11):
+    for expected in range(3, 11):
         bucket.record_success()
         assert bucket.burst == expected
     bucket.record_success()
@@ -46,19 +46,87 @@ def test_successes_grow_the_burst_to_the_rate_window_then_a_window_goes_at_once(
 
 def test_slow_start_sends_its_burst_per_even_interval_and_a_throttle_in_a_burst_ends_it() -> None:
     bucket, clock = make(rate=10)
-    for _ in range(3):
+    for _ in range(2):
         bucket.record_success()  # burst 4, below the window of 10: still slow start
     reservations = [bucket.reserve() for _ in range(8)]
     # 4 per even interval, so the pace grows with every answer (not 4 in any 0.4 s).
     assert [r.delay for r in reservations] == pytest.approx([0.0] * 4 + [0.1] * 4)  # type: ignore[union-attr]
     paired = reservations[1]
-    assert paired is not None and paired.round % 2 == 1  # sent with another: a burst
+    assert paired is not None
     bucket.record_throttle(paired.round)
-    # Halved, and the rate cut as for any throttle.
-    assert bucket.burst == 2 and bucket.effective_rate == pytest.approx(7)
+    # The burst was exploring: it halves, and the rate stays (the rate was not the problem).
+    assert bucket.burst == 2 and bucket.effective_rate == 10
     clock.advance(5)
-    # Past slow start the burst is a token bucket's: 2 at once, then 2 per 2/7 s.
-    assert [bucket.reserve().delay for _ in range(4)] == pytest.approx([0.0, 0.0, 2 / 7, 2 / 7])  # type: ignore[union-attr]
+    # Past slow start the burst is a token bucket's: 2 at once, then 2 per 2/10 s.
+    assert [bucket.reserve().delay for _ in range(4)] == pytest.approx([0.0, 0.0, 0.2, 0.2])  # type: ignore[union-attr]
+
+
+def test_an_evenly_spaced_call_throttled_in_slow_start_ends_it_and_cuts_the_rate() -> None:
+    bucket, clock = make(rate=10)
+    reservations = [bucket.reserve() for _ in range(3)]  # 0, 0 (a pair), 0.1 (even)
+    even = reservations[2]
+    assert even is not None and even.delay == pytest.approx(0.1)
+    clock.advance(0.2)
+    bucket.record_throttle(even.round)
+    assert bucket.burst == 1 and bucket.effective_rate == pytest.approx(7)
+    for _ in range(50):
+        bucket.record_success()
+    assert bucket.burst == 1  # no widening while the rate is below the configured one
+
+
+def test_a_throttle_in_the_learned_burst_halves_it_and_cuts_the_rate() -> None:
+    bucket, _ = make(rate=10)
+    for _ in range(8):
+        bucket.record_success()
+    assert bucket.burst == 10
+    first, second = bucket.reserve(), bucket.reserve()
+    assert first is not None and second is not None and second.delay == 0
+    bucket.record_throttle(second.round)
+    assert bucket.burst == 5 and bucket.effective_rate == pytest.approx(7)
+
+
+def test_a_failed_probe_steps_back_without_a_cut_and_the_next_probe_waits_twice_as_long() -> None:
+    bucket, clock = make(rate=10)
+    bucket.record_throttle(bucket.reserve().round)  # type: ignore[union-attr]  # slow start ends at 1
+    assert bucket.burst == 1 and bucket.effective_rate == pytest.approx(7)
+    bucket.set_effective_rate(10)
+    bucket.record_success()  # the rate is back at the configured one: the burst may widen again
+    widen = _burst.WIDEN_AFTER * 10
+    for _ in range(widen):
+        bucket.record_success()
+    assert bucket.burst == 2  # a probe
+    clock.advance(5)
+    probe = [bucket.reserve() for _ in range(2)][1]
+    assert probe is not None and probe.delay == 0
+    bucket.record_throttle(probe.round)
+    assert bucket.burst == 1 and bucket.effective_rate == 10  # back to the threshold, rate kept
+    for _ in range(widen):
+        bucket.record_success()
+    assert bucket.burst == 1  # the next probe waits twice as long
+    for _ in range(widen):
+        bucket.record_success()
+    assert bucket.burst == 2  # the second probe
+    for _ in range(2 * widen):
+        bucket.record_success()
+    assert bucket.burst == 2  # it lasted as long: it is the threshold now, and the wait is back to one
+    for _ in range(widen):
+        bucket.record_success()
+    assert bucket.burst == 3
+
+
+def test_calls_re_planned_by_a_cut_join_the_new_round() -> None:
+    bucket, _ = make(rate=10, capacity=1)
+    queued = [bucket.reserve() for _ in range(4)]
+    first = queued[0]
+    assert first is not None
+    bucket.record_throttle(first.round)  # a cut re-plans the three still waiting
+    assert bucket.effective_rate == pytest.approx(7)
+    waiting = queued[3]
+    assert waiting is not None
+    bucket.record_throttle(waiting.round)  # sent under the new schedule: news, not an echo
+    assert bucket.effective_rate == pytest.approx(4.9)
+    bucket.record_throttle(first.round)  # the old round: one signal only
+    assert bucket.effective_rate == pytest.approx(4.9)
 
 
 def test_a_declared_burst_is_used_from_the_first_call() -> None:
@@ -113,7 +181,7 @@ def test_a_wait_longer_than_max_wait_takes_nothing() -> None:
 
 
 def test_cancelling_the_last_reservation_gives_its_slot_back() -> None:
-    bucket, _ = make(rate=2)
+    bucket, _ = make(rate=2, capacity=1)
     bucket.reserve()
     queued = bucket.reserve()
     assert queued is not None and queued.delay == pytest.approx(0.5)
@@ -155,7 +223,7 @@ def test_cancel_after_the_reservation_came_due_changes_nothing() -> None:
 
 
 def test_rate_can_change_live() -> None:
-    bucket, _ = make(rate=1)
+    bucket, _ = make(rate=1, capacity=1)
     bucket.reserve()
     queued = bucket.reserve()  # due in 1 s + guard at rate 1
     assert queued is not None and queued.delay == pytest.approx(1.01)
@@ -173,7 +241,7 @@ def test_rate_can_change_live() -> None:
 
 
 def test_a_cut_re_plans_the_callers_already_waiting() -> None:
-    bucket, clock = make(rate=10)
+    bucket, clock = make(rate=10, capacity=1)
     queued = [bucket.reserve() for _ in range(5)]  # due at 0, 0.1, ... 0.4
     clock.advance(0.15)  # two have gone
     bucket.set_effective_rate(5)
@@ -193,7 +261,7 @@ def test_a_cut_re_plans_the_callers_already_waiting() -> None:
 
 
 def test_a_waiter_cancelled_after_a_cut_gives_back_its_new_slot() -> None:
-    bucket, clock = make(rate=10)
+    bucket, clock = make(rate=10, capacity=1)
     queued = [bucket.reserve() for _ in range(4)]  # due at 0 ... 0.3
     bucket.set_effective_rate(5)  # 0.1 -> 0.2, 0.2 -> 0.4, 0.3 -> 0.6, tail 0.8
     clock.advance(0.5)
@@ -361,7 +429,7 @@ def test_cancel_across_a_rate_change_keeps_the_window_property() -> None:
 def test_a_faster_rate_never_squeezes_the_next_slot_against_those_handed_out() -> None:
     # Recovery raises the rate while callers wait; the next caller must still
     # come at least one (new) interval after the last slot already given out.
-    bucket, _ = make(rate=10)
+    bucket, _ = make(rate=10, capacity=1)
     handed_out = [bucket.reserve() for _ in range(5)]
     bucket.rate = 20
     nxt = bucket.reserve()

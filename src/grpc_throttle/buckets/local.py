@@ -28,6 +28,9 @@ _new = object.__new__
 DEFAULT_GUARD = 0.01
 #: The longest guard accepted, seconds.
 _MAX_GUARD = 60.0
+#: What a reservation's round says of its send: evenly spaced, in the learned
+#: burst, or in a burst still being explored (see ``record_throttle``).
+_EVEN, _BURST, _PROBE = 0, 1, 2
 
 
 class Reservation(BucketReservation):
@@ -87,11 +90,13 @@ class TokenBucket(Bucket):
 
     Servers that allow smaller bursts are learned: a throttled answer to a
     call sent in a burst halves the burst (down to even spacing, one call
-    every ``1/rate``); bursts then widen slowly again. Until the first
-    answers come back the burst starts at 1 and grows with each success,
-    as TCP's window does (slow start), so the first lesson is cheap. Every
-    throttled answer also lowers the rate (``adaptive``). Waiters already
-    queued are re-planned, in order, on every cut.
+    every ``1/rate``); bursts then widen slowly again, one probe at a time,
+    and only at the configured rate. Until the first answers come back the
+    burst starts at 2 and grows with each success, as TCP's window does
+    (slow start), so the first lesson is cheap. A throttle of a burst still
+    being explored shrinks the burst alone; every other throttled answer
+    lowers the rate (``adaptive``). Waiters already queued are re-planned,
+    in order, on every change.
 
     Taking tokens is a reservation: a short update under a lock that says how
     long to wait, so waiters are served in the order they asked, with no
@@ -272,26 +277,35 @@ class TokenBucket(Bucket):
     @property
     def round(self) -> int:
         """Opaque: the adaptation round, as reservations of an evenly spaced call carry it."""
-        return self._round * 2
+        return self._round * 4 + _EVEN
 
     def record_throttle(self, round: int) -> None:
         """Report a throttled answer to an attempt whose reservation had ``round``.
 
         One signal per round: calls sent together are throttled together.
-        Every signal lowers the rate (``beta``); one for a call sent in a
-        burst also halves the burst. A throttle cannot say which was too much
-        (a strict server refuses the burst, a quota shared with other clients
-        refuses the rate), and a burst halved alone leaves a client sharing
-        its quota throttled for many rounds. The queue is re-planned.
+        A call sent in a burst that was still exploring (slow start, or a
+        probe of a wider burst) says the burst was too large, and only the
+        burst shrinks (see ``_burst``). Any other signal lowers the rate
+        (``beta``), and one for a call sent in the learned burst halves the
+        burst as well: a throttle cannot say which was too much (a strict
+        server refuses the burst, a quota shared with other clients refuses
+        the rate), and a burst halved alone leaves a client sharing its
+        quota throttled for many rounds. The queue is re-planned.
         """
         if self._adaptive is None:
             return
-        number, in_burst = divmod(round, 2)
+        number, kind = divmod(round, 4)
         with self._lock:
             if number < self._round:
                 return
             self._round += 1
-            if in_burst and self._burst.size > 1:
+            if kind == _PROBE and self._burst.exploring:
+                self._burst = _burst.on_probe_throttle(self._burst)
+                self._reshape_locked()
+                self._replan_locked()
+                return
+            if (kind != _EVEN or self._burst.slow_start) and self._burst.size > 1:
+                # Any throttle ends slow start, as a loss ends TCP's.
                 self._burst = _burst.on_throttle(self._burst)
             old = self._effective_rate
             self._cubic = _cubic.on_throttle(self._adaptive, self._cubic, self._rate, self._clock())
@@ -303,7 +317,10 @@ class TokenBucket(Bucket):
         if self._adaptive is None or (self._cubic.last_decrease is None and self._burst.settled):
             return  # the common case: nothing to learn, no lock taken
         with self._lock:
-            if not self._burst.settled:
+            # Past slow start the burst widens only at the configured rate: a
+            # burst that passes while the rate is cut is spaced wider than it
+            # will be, and would be learned too large.
+            if not self._burst.settled and (self._burst.slow_start or self._cubic.last_decrease is None):
                 self._burst = _burst.on_success(self._burst, self._windows[0].calls)
                 self._reshape_locked()
             if self._cubic.last_decrease is None:
@@ -369,15 +386,28 @@ class TokenBucket(Bucket):
         return Window(most, span + (self._guard if span >= 1 else 0.0))
 
     def _replan_locked(self) -> None:
-        """Plan the waiting calls again, in order, under the windows now in force."""
+        """Plan the waiting calls again, in order, under the windows now in force.
+
+        A re-planned call joins the round in force: it is sent under the new
+        schedule, so a throttle of it is news, not an echo of the old one.
+        """
         now = self._clock()
         log = self._log
         for when, weight, owner in log.take_later_than(now):
-            start = max(when, log.last, now, self._not_before)
+            previous = log.last
+            start = max(when, previous, now, self._not_before)
             start = log.earliest(start, weight, self._windows)
             if owner is not None:
                 owner.ready_at = start
+                owner.round = self._round_of(start, previous, weight)
             log.append(start, weight, owner)
+
+    def _round_of(self, start: float, previous: float, weight: float) -> int:
+        """The round a send at ``start`` carries (``previous``: the send before it)."""
+        kind = _EVEN
+        if start < previous + weight * self._interval - _EPSILON:
+            kind = _PROBE if self._burst.exploring else _BURST
+        return self._round * 4 + kind
 
     # -- taking tokens ---------------------------------------------------
 
@@ -416,8 +446,9 @@ class TokenBucket(Bucket):
             reservation.ready_at = start
             wait = start - now
             reservation.delay = wait if wait > _EPSILON else 0.0
-            # Sent less than one even interval after the call before: a burst.
-            reservation.round = self._round * 2 + (start < log.previous + tokens * self._interval - _EPSILON)
+            # Sent less than one even interval after the call before: a burst,
+            # and a probe while the burst's size is not yet known good.
+            reservation.round = self._round_of(start, log.previous, tokens)
         return reservation
 
     def try_acquire(self, tokens: float = 1) -> bool:
