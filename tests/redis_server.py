@@ -28,6 +28,7 @@ __all__ = [
     "redis_cli_binary",
     "redis_server_binary",
     "require_redis",
+    "skip_or_fail",
 ]
 
 _D = TypeVar("_D", bound="Deployment")
@@ -269,8 +270,6 @@ def require_redis(*, cluster: bool = False, tools: Sequence[str] = ()) -> None:
 
     ``tools``: more programs the test needs on PATH (e.g. ``openssl``).
     """
-    import pytest  # here, so that the benchmarks can use this module without pytest
-
     missing = []
     if redis_server_binary() is None:
         missing.append("redis-server is not on PATH")
@@ -281,8 +280,15 @@ def require_redis(*, cluster: bool = False, tools: Sequence[str] = ()) -> None:
         import redis  # noqa: F401
     except ImportError:
         missing.append("redis-py is not installed")
+    skip_or_fail(missing)
+
+
+def skip_or_fail(missing: Sequence[str]) -> None:
+    """Skip the calling test for what is ``missing``, or fail it under CI=true (CI must install it)."""
     if not missing:
         return
+    import pytest  # here, so that the benchmarks can use this module without pytest
+
     reason = "; ".join(missing)
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason}, and CI=true: the CI setup must install it", pytrace=False)
