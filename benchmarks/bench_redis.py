@@ -9,6 +9,11 @@ Part 2 paces one caller at a shared rate with and without ``lease``: the time
 spent in ``reserve()`` per call, Redis round trips per call, and the rate
 achieved, in alternating rounds.
 
+Part 3 is part 1 on a Redis Cluster of three masters (started here; skipped
+with ``--url``): ``EVALSHA 'return 1'`` with the bucket's key, which the
+cluster client sends to the node owning its slot, against ``reserve()`` on a
+bucket over ``redis.cluster.RedisCluster`` (target <= 1.3x).
+
 Run: ``python benchmarks/bench_redis.py [--quick] [--url redis://...]``; without
 ``--url`` it starts its own ``redis-server`` on a free loopback port. Prints the
 tables and writes ``benchmarks/results/bench_redis.json``.
@@ -76,6 +81,47 @@ def overhead(url: str, rounds: int) -> dict[str, Any]:
     }
 
 
+def cluster_overhead(rounds: int) -> dict[str, Any]:
+    import redis.cluster
+
+    cluster = importlib.import_module("tests.redis_server").RedisCluster()
+    cluster.start()
+    try:
+        nodes = [redis.cluster.ClusterNode(host, port) for host, port in cluster.startup_nodes]
+        client = redis.cluster.RedisCluster(startup_nodes=nodes)
+        bucket = RedisTokenBucket(client, key=f"bench-{uuid.uuid4().hex}", rate=1e9, timeout=1.0)
+        bucket.reserve()  # scripts loaded on the owning node
+        owner = client.get_node_from_key(bucket.key)
+        trivial = client.script_load("return 1")  # loaded on every primary
+        cases: dict[str, Callable[[], Any]] = {
+            "EVALSHA 'return 1' (owning node)": lambda: client.evalsha(trivial, 1, bucket.key),
+            "reserve()": bucket.reserve,
+        }
+        samples: dict[str, list[float]] = {name: [] for name in cases}
+        for fn in cases.values():
+            for _ in range(200):
+                fn()
+        for _ in range(rounds):
+            for name, fn in cases.items():
+                samples[name].append(_timed(fn))
+        base = statistics.median(samples["EVALSHA 'return 1' (owning node)"])
+        print(f"\nPart 3: Redis Cluster (3 masters), {rounds} interleaved rounds (microseconds); key on {owner.name}")
+        print(f"{'operation':<34}{'median':>9}{'p10':>9}{'p90':>9}{'vs EVALSHA':>12}")
+        for name, values in samples.items():
+            deciles = statistics.quantiles(values, n=10)
+            median = statistics.median(values)
+            print(f"{name:<34}{median:>9.1f}{deciles[0]:>9.1f}{deciles[-1]:>9.1f}{median / base:>11.2f}x")
+        bucket.close()
+        client.close()
+        return {
+            "rounds": rounds,
+            "median_us": {name: statistics.median(values) for name, values in samples.items()},
+            "ratio_to_evalsha": statistics.median(samples["reserve()"]) / base,
+        }
+    finally:
+        cluster.close()
+
+
 def _evalsha_calls(client: redis.Redis) -> int:
     return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
@@ -135,7 +181,10 @@ def main() -> None:
         print(f"redis-py {redis.__version__}, Redis at {url}")
         part1 = overhead(url, 500 if args.quick else args.rounds)
         part2 = leases(url, args.rate, 1.0, 1 if args.quick else 3, args.lease)
-        write_json("bench_redis", {"overhead": part1, "lease": {"rate": args.rate, "rows": part2}})
+        results: dict[str, Any] = {"overhead": part1, "lease": {"rate": args.rate, "rows": part2}}
+        if server is not None:
+            results["cluster_overhead"] = cluster_overhead(500 if args.quick else args.rounds)
+        write_json("bench_redis", results)
     finally:
         if server is not None:
             server.close()
