@@ -156,6 +156,13 @@ class RedisServer(Deployment):
                 process.kill()
                 process.wait(5)
 
+    def kill(self) -> None:
+        """Kill the server outright (SIGKILL): a crash, with no chance to close connections."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(5)
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -141,6 +141,46 @@ def test_sentinel_failover_keeps_the_shared_schedule(bucket_key: str) -> None:
         sentinel.close()  # type: ignore[no-untyped-call]
 
 
+def test_a_killed_master_comes_back_as_the_promoted_replica_with_the_schedule(bucket_key: str) -> None:
+    """SIGKILL the master: calls fall back (each outage call bounded by the timeout), and once the
+    sentinels promote the replica the bucket is shared again, on the schedule the dead master had."""
+    require_redis()
+    rate, timeout = 4.0, 0.2
+    with RedisSentinel(down_after_ms=1000) as deployment:
+        kwargs: dict[str, Any] = dict(key=bucket_key, rate=rate, timeout=timeout, cooldown=0.1, on_failure="local")
+        bucket = RedisTokenBucket.from_url(deployment.url, **kwargs)
+        queued = [bucket.reserve() for _ in range(12)]  # three seconds of the schedule
+        assert all(isinstance(r, RedisReservation) for r in queued)
+        last_before = queued[-1].ready_at  # type: ignore[union-attr]
+        _replicated(deployment, f"grpc-throttle:{bucket_key}")
+        killed = time.monotonic()
+        deployment.master.kill()
+        slowest, fallback = 0.0, 0
+        while True:
+            began = time.monotonic()
+            reservation = bucket.reserve(max_wait=60)
+            slowest = max(slowest, time.monotonic() - began)
+            if isinstance(reservation, RedisReservation):
+                break
+            assert reservation is not None  # the local fallback's slot
+            reservation.cancel()  # not sent: so that the fallback's queue does not grow past max_wait
+            fallback += 1
+            assert time.monotonic() - killed < 20, "the bucket never came back to Redis"
+            time.sleep(0.05)
+        back = time.monotonic() - killed
+        # Every call during the outage met the timeout (plus a connect), never redis-py's retries.
+        assert slowest < timeout * 5, slowest
+        assert fallback > 0  # the master was really gone for a while
+        # The promoted replica holds the dead master's schedule: a process that starts now follows it.
+        fresh = RedisTokenBucket.from_url(deployment.url, **kwargs)
+        first = fresh.reserve(max_wait=60)
+        assert isinstance(first, RedisReservation), "the promoted master did not answer"
+        assert first.ready_at >= last_before + 0.9 / rate, first.ready_at - last_before
+        print(f"killed master: shared again after {back:.2f} s; {fallback} fallback calls, slowest {slowest:.3f} s")
+        bucket.close()
+        fresh.close()
+
+
 def test_the_asyncio_bucket_follows_a_failover_too(bucket_key: str) -> None:
     require_redis()
     rate = 4.0
