@@ -41,6 +41,26 @@ def _timed(fn: Callable[[], Any]) -> float:
     return (time.perf_counter_ns() - start) / 1000
 
 
+def _interleaved(cases: dict[str, Callable[[], Any]], rounds: int, base: str, title: str) -> dict[str, float]:
+    """Warm every case up, time them in ``rounds`` interleaved rounds and print them; their medians (µs)."""
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():  # connect, load scripts
+        for _ in range(200):
+            fn()
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            samples[name].append(_timed(fn))
+    reference = statistics.median(samples[base])
+    width = max(len(name) for name in cases) + 2
+    print(f"\n{title}: {rounds} interleaved rounds (microseconds)")
+    print(f"{'operation':<{width}}{'median':>9}{'p10':>9}{'p90':>9}{'vs EVALSHA':>12}")
+    for name, values in samples.items():
+        deciles = statistics.quantiles(values, n=10)
+        median = statistics.median(values)
+        print(f"{name:<{width}}{median:>9.1f}{deciles[0]:>9.1f}{deciles[-1]:>9.1f}{median / reference:>11.2f}x")
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def overhead(url: str, rounds: int) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     trivial = client.script_load("return 1")
@@ -50,20 +70,7 @@ def overhead(url: str, rounds: int) -> dict[str, Any]:
         "EVALSHA 'return 1'": lambda: client.evalsha(trivial, 0),
         "reserve()": bucket.reserve,
     }
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for fn in cases.values():  # connect, load scripts
-        for _ in range(200):
-            fn()
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            samples[name].append(_timed(fn))
-    base = statistics.median(samples["EVALSHA 'return 1'"])
-    print(f"\nPart 1: {rounds} interleaved rounds (microseconds)")
-    print(f"{'operation':<22}{'median':>9}{'p10':>9}{'p90':>9}{'vs EVALSHA':>12}")
-    for name, values in samples.items():
-        deciles = statistics.quantiles(values, n=10)
-        median = statistics.median(values)
-        print(f"{name:<22}{median:>9.1f}{deciles[0]:>9.1f}{deciles[-1]:>9.1f}{median / base:>11.2f}x")
+    medians = _interleaved(cases, rounds, "EVALSHA 'return 1'", "Part 1")
     server = {}
     for name in ("EVALSHA 'return 1'", "reserve()"):
         client.config_resetstat()
@@ -75,8 +82,8 @@ def overhead(url: str, rounds: int) -> dict[str, Any]:
     client.close()
     return {
         "rounds": rounds,
-        "median_us": {name: statistics.median(values) for name, values in samples.items()},
-        "ratio_to_evalsha": statistics.median(samples["reserve()"]) / base,
+        "median_us": medians,
+        "ratio_to_evalsha": medians["reserve()"] / medians["EVALSHA 'return 1'"],
         "inside_redis_us": server,
     }
 
@@ -97,26 +104,14 @@ def cluster_overhead(rounds: int) -> dict[str, Any]:
             "EVALSHA 'return 1' (owning node)": lambda: client.evalsha(trivial, 1, bucket.key),
             "reserve()": bucket.reserve,
         }
-        samples: dict[str, list[float]] = {name: [] for name in cases}
-        for fn in cases.values():
-            for _ in range(200):
-                fn()
-        for _ in range(rounds):
-            for name, fn in cases.items():
-                samples[name].append(_timed(fn))
-        base = statistics.median(samples["EVALSHA 'return 1' (owning node)"])
-        print(f"\nPart 3: Redis Cluster (3 masters), {rounds} interleaved rounds (microseconds); key on {owner.name}")
-        print(f"{'operation':<34}{'median':>9}{'p10':>9}{'p90':>9}{'vs EVALSHA':>12}")
-        for name, values in samples.items():
-            deciles = statistics.quantiles(values, n=10)
-            median = statistics.median(values)
-            print(f"{name:<34}{median:>9.1f}{deciles[0]:>9.1f}{deciles[-1]:>9.1f}{median / base:>11.2f}x")
+        base = "EVALSHA 'return 1' (owning node)"
+        medians = _interleaved(cases, rounds, base, f"Part 3: Redis Cluster (3 masters), key on {owner.name}")
         bucket.close()
         client.close()
         return {
             "rounds": rounds,
-            "median_us": {name: statistics.median(values) for name, values in samples.items()},
-            "ratio_to_evalsha": statistics.median(samples["reserve()"]) / base,
+            "median_us": medians,
+            "ratio_to_evalsha": medians["reserve()"] / medians[base],
         }
     finally:
         cluster.close()
