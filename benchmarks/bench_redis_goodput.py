@@ -51,6 +51,7 @@ import _harness as h
 import grpc
 
 from grpc_throttle.testing import ControlClient
+from tests.arrivals import most_in_any_window  # _harness put the repository on sys.path
 
 DEPLOYMENTS = ("standalone", "cluster", "sentinel-failover")
 
@@ -236,17 +237,6 @@ def one_run(
         "failover": failed_over,
         "errors": [e for r in results for e in r["errors"]][:3],
     }
-
-
-def most_in_any_window(times: list[float], span: float) -> int:
-    """The most events in any window ``(t - span, t]``."""
-    ordered = sorted(times)
-    best, first = 0, 0
-    for last, t in enumerate(ordered):
-        while ordered[first] <= t - span:
-            first += 1
-        best = max(best, last - first + 1)
-    return best
 
 
 METRICS = ("wall_s", "sent", "throttled_share", "lost", "retries", "p50_s", "p99_s", "most_in_1s")

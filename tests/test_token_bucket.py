@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from grpc_throttle import TokenBucket
 from grpc_throttle.buckets import Limit, _burst
+from grpc_throttle.buckets._redis_adapt import FallbackRound
 from tests.clock import VirtualClock
 
 
@@ -127,6 +128,19 @@ def test_calls_re_planned_by_a_cut_join_the_new_round() -> None:
     assert bucket.effective_rate == pytest.approx(4.9)
     bucket.record_throttle(first.round)  # the old round: one signal only
     assert bucket.effective_rate == pytest.approx(4.9)
+
+
+def test_a_round_its_owner_wrapped_survives_a_re_plan() -> None:
+    # The Redis bucket's fallback wraps its rounds (FallbackRound) to say whose they are.
+    bucket, _ = make(rate=10, capacity=1)
+    queued = [bucket.reserve() for _ in range(3)]
+    waiting = queued[2]
+    assert waiting is not None
+    wrapped = FallbackRound(waiting.round)
+    waiting.round = wrapped
+    bucket.record_throttle(queued[0].round)  # type: ignore[union-attr]  # a cut re-plans the waiters
+    assert waiting.due_in() > 0.2  # re-planned
+    assert waiting.round is wrapped
 
 
 def test_a_declared_burst_is_used_from_the_first_call() -> None:

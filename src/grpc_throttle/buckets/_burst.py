@@ -36,6 +36,7 @@ import dataclasses
 import math
 
 __all__ = [
+    "INITIAL",
     "MAX_PROBE_BACKOFF",
     "WIDEN_AFTER",
     "BurstState",
@@ -88,7 +89,7 @@ class BurstState:
 
 
 def start(most: float, *, learn: bool, declared: bool) -> BurstState:
-    """A new bucket's burst: ``most`` when declared or not learned, else 1 (slow start)."""
+    """A new bucket's burst: ``most`` when declared or not learned, else ``INITIAL`` (slow start)."""
     size = most if declared or not learn else min(most, float(INITIAL))
     return BurstState(size=size, most=most, threshold=most, learn=learn)
 

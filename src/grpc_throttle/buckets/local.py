@@ -390,6 +390,8 @@ class TokenBucket(Bucket):
 
         A re-planned call joins the round in force: it is sent under the new
         schedule, so a throttle of it is news, not an echo of the old one.
+        A round its owner wrapped (the Redis bucket's fallback marks its
+        rounds as the fallback's) is left as it is: it stays the old round.
         """
         now = self._clock()
         log = self._log
@@ -399,7 +401,8 @@ class TokenBucket(Bucket):
             start = log.earliest(start, weight, self._windows)
             if owner is not None:
                 owner.ready_at = start
-                owner.round = self._round_of(start, previous, weight)
+                if isinstance(owner.round, int):
+                    owner.round = self._round_of(start, previous, weight)
             log.append(start, weight, owner)
 
     def _round_of(self, start: float, previous: float, weight: float) -> int:
