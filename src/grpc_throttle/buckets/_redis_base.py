@@ -1,9 +1,10 @@
-"""What the sync and asyncio Redis buckets share: everything but the I/O.
+"""What the sync and asyncio Redis buckets share: their state and the pure work on it.
 
 The arguments sent to the scripts and the replies parsed, the lease pool, the
-failure policy, the reservations and this process's copy of the key's shared
-rate adaptation (``_redis_adapt``). ``redis.py`` and ``redis_aio.py`` only run
-the scripts (over ``_redis_wire``), each in its own world.
+reservations and this process's copy of the key's shared rate adaptation
+(``_redis_adapt``). The operations that use them are steps (``_redis_steps``);
+``redis.py`` and ``redis_aio.py`` only run the steps' commands, each in its
+own world.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .. import _checks, _fork
-from ..errors import BucketUnavailableError
 from ._base import BucketReservation
 from ._breaker import Breaker
 from ._cubic import AdaptiveRate
 from ._lease import LeasePool, Slot
-from ._redis_adapt import FallbackRound, SharedAdaptation, SharedCurve
+from ._redis_adapt import SharedAdaptation, SharedCurve
 from ._redis_config import Settings
-from ._redis_errors import Verdict
-from .local import Reservation, TokenBucket
+from ._redis_handoff import Handoff
 
 #: Extra tokens value meaning "the caller's deadline cannot be met".
 TOO_LATE = -1
@@ -88,23 +87,6 @@ class RedisReservation(BucketReservation):
         return f"<RedisReservation tokens={self.tokens:g} delay={self.delay:.6f}s>"
 
 
-class FreeReservation(BucketReservation):
-    """What ``on_failure="allow"`` hands out while Redis is down: go ahead now."""
-
-    __slots__ = ("delay", "tokens")
-
-    def __init__(self, tokens: float) -> None:
-        self.tokens = tokens
-        self.delay = 0.0
-
-    def due_in(self) -> float:
-        """Always 0: go ahead now."""
-        return 0.0
-
-    def cancel(self) -> None:
-        """Nothing to give back."""
-
-
 class RedisBucketBase(SharedAdaptation):
     """State and logic shared by the sync and asyncio ``RedisTokenBucket``."""
 
@@ -141,11 +123,10 @@ class RedisBucketBase(SharedAdaptation):
         _fork.register_renewal(self, RedisBucketBase._renew_locks)
         #: An effective rate still to be written to Redis (sent with the next call).
         self._pending_eff: float | None = None
-        #: The fallback bucket for on_failure="local": local_share of the rate and of the burst
-        #: (processes falling back together must not burst capacity each); it adapts on its own.
-        share = settings.local_share
-        local_capacity = max(1.0, settings.capacity * share)
-        self._local = TokenBucket(self._rate * share, local_capacity, adaptive=adaptive, clock=clock)
+        #: The fallback bucket and the seams between it and the shared schedule.
+        self._handoff = Handoff(settings, self._rate, adaptive, clock)
+        #: The fallback bucket (on_failure="local").
+        self._local = self._handoff.local
         #: Skips Redis while it is down.
         self._breaker = Breaker(
             f"Redis bucket {settings.redis_key!r}",
@@ -154,12 +135,6 @@ class RedisBucketBase(SharedAdaptation):
             self._logger,
             settings.on_failure,
         )
-        #: The latest slot this process got from Redis (ready time, local clock): the
-        #: fallback starts after it, since those slots still fire while Redis is down.
-        self._redis_until = -math.inf
-        #: The latest slot the fallback handed out; 0.0 once passed. Back on Redis, no
-        #: slot is taken before it ("not before"): the fallback's still fire meanwhile.
-        self._local_until = 0.0
         #: Leased slots, with lease > 1.
         self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
         #: Cuts of the shared rate seen in replies (or made here) so far.
@@ -263,7 +238,7 @@ class RedisBucketBase(SharedAdaptation):
 
     def _reserve_args(self, tokens: float, max_wait: float, extra: int) -> Sequence[str | bytes]:
         eff = self._pending_eff
-        not_before = self._not_before()
+        not_before = self._handoff.not_before()
         if tokens == 1 and max_wait == math.inf and not extra and eff is None and not not_before:
             return self._plain_args
         args = [
@@ -277,17 +252,6 @@ class RedisBucketBase(SharedAdaptation):
         if not_before:
             args.append(repr(not_before * 1e6))
         return args
-
-    def _not_before(self) -> float:
-        """Seconds until the fallback's last slot, while it is still to come, else 0."""
-        until = self._local_until
-        if not until:
-            return 0.0
-        left = until - self._clock()
-        if left <= 0:
-            self._local_until = 0.0
-            return 0.0
-        return left
 
     def _accept(self, reply: Any, args: Sequence[str | bytes], extra: int) -> RedisReservation | None:
         """The reserve script's reply (``granted wait start iv epoch start-now [rd ...]``) as a reservation."""
@@ -304,8 +268,7 @@ class RedisBucketBase(SharedAdaptation):
         tokens = float(args[2]) if len(args) > 2 else 1.0
         place = (start, start + tokens * interval, now + wait, int(epoch))
         round = int(tail[0]) if tail else 0
-        if received + wait / 1e6 > self._redis_until:
-            self._redis_until = received + wait / 1e6
+        self._handoff.shared_slot(received + wait / 1e6)
         return RedisReservation(self, tokens, wait / 1e6, received + wait / 1e6, place, round=round)
 
     def _lease(self, pool: LeasePool, received: float, start: float, now: float, interval: float, extra: int) -> None:
@@ -314,76 +277,8 @@ class RedisBucketBase(SharedAdaptation):
         ready = [received + max(start + (2 + k - cap) * interval - now, 0.0) / 1e6 for k in range(extra)]
         with self._lock:
             pool.fill([Slot(r, r + span) for r in ready], interval / 1e6)
-            if ready and ready[-1] > self._redis_until:
-                self._redis_until = ready[-1]
-
-    def _fallback(self, tokens: float, max_wait: float) -> Reservation | FreeReservation | None:
-        if self._settings.on_failure == "fail":
-            raise self._unavailable()
-        if self._settings.on_failure == "allow":
-            return FreeReservation(tokens)
-        self._hold_local()
-        reservation = self._local.reserve(min(tokens, self._local.capacity), max_wait=max_wait)
-        if reservation is not None:
-            reservation.round = FallbackRound(reservation.round)
-            if reservation.ready_at > self._local_until:
-                self._local_until = reservation.ready_at
-        return reservation
-
-    def _hold_local(self) -> None:
-        """Start the fallback's schedule one of its intervals after the last slot from Redis.
-
-        Slots this process already holds from Redis still fire while Redis is
-        down; a fallback starting afresh beside them would exceed the rate.
-        """
-        if self._redis_until > self._clock():
-            self._local.hold_until(self._redis_until)
-
-    def _fallback_level(self) -> float:
-        if self._settings.on_failure == "fail":
-            raise self._unavailable()
-        return self._local.available() if self._settings.on_failure == "local" else self.capacity
-
-    def _unavailable(self) -> BucketUnavailableError:
-        fix = f"; if it persists: {self._fix}" if self._fix else ""
-        return BucketUnavailableError(
-            f"Redis bucket {self.key!r} is unavailable "
-            f"({self._breaker.last_error or 'breaker open'}) and on_failure='fail'{fix}"
-        )
-
-    def _judge(self, error: Exception, verdict: Verdict) -> None:
-        """Act on an error the script call raised, as ``verdict`` (``_redis_errors``) says.
-
-        Returns for an outage (the breaker opens: the caller falls back) and
-        for a full pool (no verdict on Redis); raises for a mistake, with
-        what to fix, and re-raises an unknown error. "refused" is the
-        caller's: it looks at the key first (see _store_error).
-        """
-        if verdict.kind == "outage":
-            self._fix = verdict.fix
-            if verdict.fix and verdict.fix not in self._fixes_logged:
-                self._fixes_logged.add(verdict.fix)  # once: on_failure hides the rest
-                self._logger.error("Redis bucket %r: %s (%s: %s)", self.key, verdict.fix, type(error).__name__, error)
-            self._breaker.failed(error)
-            return
-        if verdict.kind == "full":
-            self._breaker.abandoned()
-            return
-        if verdict.kind == "mistake":
-            self._breaker.succeeded()  # Redis answered: the setup is wrong, not Redis down
-            raise BucketUnavailableError(
-                f"Redis bucket {self.key!r}: {verdict.fix} ({type(error).__name__}: {error})"
-            ) from None
-        self._breaker.abandoned()  # not the client's error: a bug, no verdict on Redis
-        raise error
-
-    def _store_error(self, error: Exception, key_type: str | None) -> BucketUnavailableError:
-        if key_type and key_type not in ("hash", "none"):
-            return BucketUnavailableError(
-                f"Redis key {self.key!r} holds a {key_type}, not a grpc-throttle bucket (a hash): "
-                "delete it or choose another key"
-            )
-        return BucketUnavailableError(f"Redis refused the bucket script for {self.key!r}: {error}")
+            if ready:
+                self._handoff.shared_slot(ready[-1])
 
     def _mark_done(self, reservation: RedisReservation) -> bool:
         """Flag a reservation cancelled; True when Redis must still be told.
@@ -428,8 +323,7 @@ class RedisBucketBase(SharedAdaptation):
         ready_at = received + (due_us - float(now)) / 1e6
         if ready_at > reservation.ready_at:
             reservation.ready_at = ready_at
-            if ready_at > self._redis_until:
-                self._redis_until = ready_at
+            self._handoff.shared_slot(ready_at)
         return self._left(reservation)
 
     def _left(self, reservation: RedisReservation) -> float:

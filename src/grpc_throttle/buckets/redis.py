@@ -12,17 +12,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import BucketUnavailableError
 from ._base import Bucket
 from ._cubic import AdaptiveRate
-from ._redis_adapt import SCRIPTS, SHAS
-from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
+from ._redis_base import RedisReservation
 from ._redis_clients import close_made, sync_client
 from ._redis_config import FailurePolicy, Settings, hashed_key
-from ._redis_errors import classify, is_client_error, is_noscript
+from ._redis_handoff import FreeReservation
+from ._redis_steps import Command, Eval, Load, RedisSteps, drive
 from ._redis_urls import client_from_url
 from ._redis_wire import ClusterWire, Wire
 from .local import Reservation
@@ -30,13 +29,9 @@ from .local import Reservation
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
 
 _logger = logging.getLogger(__name__)
-#: Returned by _run when Redis could not be used.
-_DOWN: Any = object()
-#: Script loads tried before the call is left to fail (see _eval).
-_LOAD_TRIES = 3
 
 
-class RedisTokenBucket(RedisBucketBase, Bucket):
+class RedisTokenBucket(RedisSteps, Bucket):
     """A token bucket shared through Redis by every process and host using ``key``.
 
     The same contract as :class:`~grpc_throttle.buckets.TokenBucket`: tokens
@@ -198,17 +193,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
             BucketUnavailableError: Redis is down and ``on_failure="fail"``,
                 or the key is unusable (e.g. it holds a list).
         """
-        tokens, max_wait = self._check(tokens, max_wait)
-        extra = 0
-        if self._pool is not None:
-            leased, extra = self._take_leased(tokens, max_wait)
-            if leased is not None or extra == TOO_LATE:
-                return leased
-        args = self._reserve_args(tokens, max_wait, extra)
-        reply = self._run("reserve", args)
-        if reply is _DOWN:
-            return self._fallback(tokens, max_wait)
-        return self._accept(reply, args, extra)
+        return drive(self._reserve(tokens, max_wait), self._command)
 
     def try_acquire(self, tokens: float = 1) -> bool:
         """Take ``tokens`` if they are available right now; never waits."""
@@ -233,11 +218,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     def available(self) -> float:
         """Tokens that could be taken now without waiting (negative when queued)."""
-        reply = self._run("state", [self._rate_arg, self._capacity_arg])
-        if reply is _DOWN:
-            return self._fallback_level()
-        self._take_report(reply[1])
-        return float(reply[0])
+        return drive(self._available(), self._command)
 
     def set_effective_rate(self, value: float) -> None:
         """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).
@@ -247,14 +228,7 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         it further. While Redis is down the value applies to the fallback and
         is written on the next successful call.
         """
-        value = self._set_pending(value)
-        args = [self._rate_arg, repr(value), self._capacity_arg]
-        reply = self._run("set_rate", args)
-        if reply is _DOWN:
-            if self._settings.on_failure == "fail":
-                raise self._unavailable()
-            return
-        self._take_report(reply, value)
+        drive(self._set_rate(value), self._command)
 
     # -- adaptation ------------------------------------------------------
 
@@ -268,13 +242,8 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         the fallback bucket adapts instead (``on_failure="local"``).
         """
         args = self._throttle_args(round)
-        if args is None:
-            return
-        reply = None
-        try:
-            reply = self._run_quietly("throttle", args)
-        finally:
-            self._adapted(reply, round)
+        if args is not None:
+            drive(self._adapt("throttle", args, round), self._command)
 
     def record_success(self) -> None:
         """Report an answer that was not throttled: the shared rate recovers toward ``rate``.
@@ -283,13 +252,8 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
         rate, and while the next step of the curve would be under 1%.
         """
         args = self._recovery_args()
-        if args is None:
-            return
-        reply = None
-        try:
-            reply = self._run_quietly("recover", args)
-        finally:
-            self._adapted(reply, None)
+        if args is not None:
+            drive(self._adapt("recover", args, None), self._command)
 
     def close(self) -> None:
         """Close the bucket's connections (the client passed in is not touched)."""
@@ -297,68 +261,17 @@ class RedisTokenBucket(RedisBucketBase, Bucket):
 
     # -- Redis -----------------------------------------------------------
 
-    def _run(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
-        """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
-        if not self._breaker.allow():
-            return _DOWN
-        try:
-            reply = self._eval(name, args, more_keys)
-        except Exception as error:
-            verdict = classify(error, cluster=self._cluster)
-            if verdict.kind == "refused":
-                self._breaker.succeeded()
-                raise self._store_error(error, self._key_type()) from None
-            self._judge(error, verdict)  # raises, unless Redis is down or the pool full
-            return _DOWN
-        except BaseException:  # cancelled or interrupted: no verdict on Redis
-            self._breaker.abandoned()
-            raise
-        self._breaker.succeeded()
-        return reply
-
-    def _run_quietly(self, name: str, args: list[str]) -> Any:
-        """Run an adaptation script: None when Redis is down or refuses it (logged)."""
-        try:
-            reply = self._run(name, args)
-        except BucketUnavailableError as error:
-            _logger.debug("%s on %r failed: %s", name, self.key, error)
-            return None
-        return None if reply is _DOWN else reply
-
-    def _eval(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
-        # EVALSHA straight away on the wire (redis-py's per-command layer costs
-        # about as much as the round trip), loading the script when Redis does
-        # not know it (first use, SCRIPT FLUSH; another flush may come between
-        # the load and the call, hence a few tries).
-        for _ in range(_LOAD_TRIES):
-            try:
-                return self._wire.evalsha(SHAS[name], args, more_keys)
-            except Exception as error:
-                if not is_noscript(error):
-                    raise
-                self._wire.load(SCRIPTS[name])
-        return self._wire.evalsha(SHAS[name], args, more_keys)
-
-    def _key_type(self) -> str | None:
-        try:
-            kind = self._redis.type(self.key)
-        except Exception as error:  # only to explain a refusal: any client error leaves it unexplained
-            if not is_client_error(error):
-                raise
-            return None
-        return kind.decode() if isinstance(kind, bytes) else str(kind)
+    def _command(self, command: Command) -> Any:
+        """Run one of a step's commands (see _redis_steps) on the bucket's own client."""
+        if isinstance(command, Eval):
+            return self._wire.evalsha(command.sha, command.args, command.more_keys)
+        if isinstance(command, Load):
+            return self._wire.load(command.source)
+        return self._redis.type(self.key)
 
     def _due_in(self, reservation: RedisReservation) -> float:
-        args = self._due_args(reservation)
-        if args is None:
-            return self._left(reservation)
-        reply = self._run_quietly("due", args)
-        return self._left(reservation) if reply is None else self._moved(reservation, reply)
+        return drive(self._due(reservation), self._command)
 
     def _cancel(self, reservation: RedisReservation) -> None:
-        if not self._mark_done(reservation):
-            return
-        try:
-            self._run("cancel", reservation._cancel_args(), (self._holes_key,))
-        except BucketUnavailableError as error:  # best effort: the tokens expire anyway
-            _logger.debug("cancel on %r failed: %s", self.key, error)
+        if self._mark_done(reservation):
+            drive(self._give_back(reservation), self._command)

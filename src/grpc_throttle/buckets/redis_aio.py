@@ -14,31 +14,26 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from ..errors import BucketUnavailableError
 from ._base import AsyncBucket
 from ._cubic import AdaptiveRate
-from ._redis_adapt import SCRIPTS, SHAS
-from ._redis_base import TOO_LATE, FreeReservation, RedisBucketBase, RedisReservation
+from ._redis_base import RedisReservation
 from ._redis_clients import AsyncMade, aclose_made, async_recipe
 from ._redis_config import FailurePolicy, Settings, hashed_key
-from ._redis_errors import classify, is_client_error, is_noscript
+from ._redis_handoff import FreeReservation
 from ._redis_loops import PerLoop
+from ._redis_steps import Command, Eval, Load, RedisSteps, Step, adrive
 from ._redis_urls import client_from_url
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
 
 _logger = logging.getLogger(__name__)
-#: Returned by _run when Redis could not be used.
-_DOWN: Any = object()
-#: Script loads tried before the call is left to fail (see _eval).
-_LOAD_TRIES = 3
 
 
-class RedisTokenBucket(RedisBucketBase, AsyncBucket):
+class RedisTokenBucket(RedisSteps, AsyncBucket):
     """A token bucket shared through Redis by every process and host using ``key``.
 
     The asyncio twin of :class:`grpc_throttle.buckets.redis.RedisTokenBucket`
@@ -160,17 +155,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
             BucketUnavailableError: Redis is down and ``on_failure="fail"``,
                 or the key is unusable (e.g. it holds a list).
         """
-        tokens, max_wait = self._check(tokens, max_wait)
-        extra = 0
-        if self._pool is not None:
-            leased, extra = self._take_leased(tokens, max_wait)
-            if leased is not None or extra == TOO_LATE:
-                return leased
-        args = self._reserve_args(tokens, max_wait, extra)
-        reply = await self._run("reserve", args)
-        if reply is _DOWN:
-            return self._fallback(tokens, max_wait)
-        return self._accept(reply, args, extra)
+        return await adrive(self._reserve(tokens, max_wait), self._command)
 
     async def try_acquire(self, tokens: float = 1) -> bool:
         """Take ``tokens`` if they are available right now; never waits."""
@@ -195,11 +180,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
 
     async def available(self) -> float:
         """Tokens that could be taken now without waiting (negative when queued)."""
-        reply = await self._run("state", [self._rate_arg, self._capacity_arg])
-        if reply is _DOWN:
-            return self._fallback_level()
-        self._take_report(reply[1])
-        return float(reply[0])
+        return await adrive(self._available(), self._command)
 
     async def set_effective_rate(self, value: float) -> None:
         """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).
@@ -209,14 +190,7 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         it further. While Redis is down the value applies to the fallback and
         is written on the next successful call.
         """
-        value = self._set_pending(value)
-        args = [self._rate_arg, repr(value), self._capacity_arg]
-        reply = await self._run("set_rate", args)
-        if reply is _DOWN:
-            if self._settings.on_failure == "fail":
-                raise self._unavailable()
-            return
-        self._take_report(reply, value)
+        await adrive(self._set_rate(value), self._command)
 
     # -- adaptation: plain methods, the update runs as a task ---------------
 
@@ -242,27 +216,13 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
         if args is not None:
             self._spawn("recover", args, None)
 
-    async def _adapt_remote(self, name: str, args: list[str], round: int | None) -> None:
-        reply = None
-        try:
-            reply = await self._run(name, args)
-        except BucketUnavailableError as error:
-            _logger.debug("%s on %r failed: %s", name, self.key, error)
-        finally:
-            self._adapted(None if reply is _DOWN else reply, round)
-
     def _spawn(self, name: str, args: list[str], round: int | None) -> None:
-        try:
-            task = asyncio.get_running_loop().create_task(self._adapt_remote(name, args, round))
-        except RuntimeError:  # no loop to run the update: drop the signal
+        if not self._in_task(self._adapt(name, args, round)):  # no loop to run the update: drop the signal
             if round is None:
                 self._view.end_recovery()
             else:
                 self._view.end_throttle(round)
             _logger.debug("%s on %r outside an event loop: dropped", name, self.key)
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
         """Wait for this loop's pending cancellations, then close its connections.
@@ -278,74 +238,29 @@ class RedisTokenBucket(RedisBucketBase, AsyncBucket):
 
     # -- Redis -----------------------------------------------------------
 
-    async def _run(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
-        """Run one script; ``_DOWN`` when Redis is (or was just found) unavailable."""
-        if not self._breaker.allow():
-            return _DOWN
-        try:
-            reply = await self._eval(name, args, more_keys)
-        except Exception as error:
-            verdict = classify(error, cluster=self._cluster)
-            if verdict.kind == "refused":
-                self._breaker.succeeded()
-                raise self._store_error(error, await self._key_type()) from None
-            self._judge(error, verdict)  # raises, unless Redis is down or the pool full
-            return _DOWN
-        except BaseException:  # cancelled or interrupted: no verdict on Redis
-            self._breaker.abandoned()
-            raise
-        self._breaker.succeeded()
-        return reply
+    async def _command(self, command: Command) -> Any:
+        """Run one of a step's commands (see _redis_steps) on this loop's own client."""
+        made = await self._clients.get()
+        if isinstance(command, Eval):
+            return await made.wire.evalsha(command.sha, command.args, command.more_keys)
+        if isinstance(command, Load):
+            return await made.wire.load(command.source)
+        return await made.client.type(self.key)
 
-    async def _eval(self, name: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
-        # EVALSHA straight away on the wire (redis-py's per-command layer costs
-        # about as much as the round trip), loading the script when Redis does
-        # not know it (first use, SCRIPT FLUSH; another flush may come between
-        # the load and the call, hence a few tries).
-        wire = (await self._clients.get()).wire
-        for _ in range(_LOAD_TRIES):
-            try:
-                return await wire.evalsha(SHAS[name], args, more_keys)
-            except Exception as error:
-                if not is_noscript(error):
-                    raise
-                await wire.load(SCRIPTS[name])
-        return await wire.evalsha(SHAS[name], args, more_keys)
-
-    async def _key_type(self) -> str | None:
+    def _in_task(self, step: Step[None]) -> bool:
+        """Drive ``step`` in a task of the running loop, kept until done; False (not run) outside a loop."""
         try:
-            own = (await self._clients.get()).client
-            kind = await own.type(self.key)
-        except Exception as error:  # only to explain a refusal: any client error leaves it unexplained
-            if not is_client_error(error):
-                raise
-            return None
-        return kind.decode() if isinstance(kind, bytes) else str(kind)
-
-    async def _due_in(self, reservation: RedisReservation) -> float:
-        args = self._due_args(reservation)
-        if args is None:
-            return self._left(reservation)
-        try:
-            reply = await self._run("due", args)
-        except BucketUnavailableError as error:
-            _logger.debug("due on %r failed: %s", self.key, error)
-            return self._left(reservation)
-        return self._left(reservation) if reply is _DOWN else self._moved(reservation, reply)
-
-    def _cancel(self, reservation: RedisReservation) -> None:
-        if not self._mark_done(reservation):
-            return
-        try:
-            task = asyncio.get_running_loop().create_task(self._cancel_remote(reservation))
-        except RuntimeError:  # no loop: nothing to run the update; the tokens expire anyway
-            _logger.debug("cancel on %r outside an event loop: dropped", self.key)
-            return
+            task = asyncio.get_running_loop().create_task(adrive(step, self._command))
+        except RuntimeError:
+            step.close()
+            return False
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
-    async def _cancel_remote(self, reservation: RedisReservation) -> None:
-        try:
-            await self._run("cancel", reservation._cancel_args(), (self._holes_key,))
-        except BucketUnavailableError as error:  # best effort: the tokens expire anyway
-            _logger.debug("cancel on %r failed: %s", self.key, error)
+    async def _due_in(self, reservation: RedisReservation) -> float:
+        return await adrive(self._due(reservation), self._command)
+
+    def _cancel(self, reservation: RedisReservation) -> None:
+        if self._mark_done(reservation) and not self._in_task(self._give_back(reservation)):
+            _logger.debug("cancel on %r outside an event loop: dropped", self.key)  # the tokens expire anyway
