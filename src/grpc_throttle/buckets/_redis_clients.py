@@ -230,7 +230,7 @@ def sync_client(client: Any, service_name: str | None, key: str, timeout: float)
     if cluster:
         return SyncMade(own, ClusterWire(own, key), sentinel), True
     wire_class = Wire if sentinel is None else SentinelWire
-    return SyncMade(own, wire_class(own.connection_pool, key), sentinel), False
+    return SyncMade(own, wire_class(own, key), sentinel), False
 
 
 def async_recipe(
@@ -248,7 +248,7 @@ def async_recipe(
         if cluster:
             return AsyncMade(own, AsyncClusterWire(own, key), sentinel)
         wire_class = AsyncWire if sentinel is None else AsyncSentinelWire
-        return AsyncMade(own, wire_class(own.connection_pool, key), sentinel)
+        return AsyncMade(own, wire_class(own, key), sentinel)
 
     return make_async, cluster
 

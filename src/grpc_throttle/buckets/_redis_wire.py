@@ -1,152 +1,85 @@
-"""The bucket's scripts over a pooled connection, without redis-py's per-command layer.
+"""The bucket's scripts on its own client: ``EVALSHA``, ``SCRIPT LOAD``, and where to send them.
 
-``redis.Redis.evalsha`` runs each command through retries, event dispatch and
-observability hooks, and packs its arguments anew. On a loopback Redis that
-layer costs about half of a bare ``EVALSHA`` round trip (redis-py 8: ~80 of
-~145 µs), which is more than the bucket's script itself. A bucket sends one
-command per call on a pool of its own, with no retries, so it does just that:
-takes a connection from the pool, sends the command (packed once for the
-common arguments), reads the reply and gives the connection back
-(``benchmarks/bench_redis.py`` measures the result).
+Each wire runs the commands of a bucket's steps (``_redis_steps``) through
+redis-py's (or valkey-py's) public API on the bucket's own client, which has
+the bucket's ``timeout`` and no retries. What differs between deployments is
+where a command goes:
 
-Errors mean what they mean in redis-py: an error reply (``NOSCRIPT``, a key
-of the wrong type) is raised as redis-py raises it and the connection stays
-usable; anything else (timeout, reset, cancellation) drops the connection
-before it is raised, as redis-py does.
+* a plain client: its pool's server (:class:`Wire`, :class:`AsyncWire`);
+* Sentinel: the master, asked of the sentinels again every second so that a
+  failover re-points open connections too (:class:`SentinelWire`);
+* Redis Cluster: the node holding the key's slot, found by the cluster client,
+  which follows ``MOVED`` and ``ASK`` when slots move (:class:`ClusterWire`).
 
-On Redis Cluster (:class:`ClusterWire`, :class:`AsyncClusterWire`) the command
-goes through the cluster client instead, which finds the node holding the
-key's slot and follows ``MOVED`` and ``ASK`` when slots move; that layer is
-the price of a cluster (one loopback run, interleaved rounds, medians: 94 vs
-86 µs per reserve sync, 114 vs 88 µs asyncio, on a busy 2-core machine).
+Errors are redis-py's own: an error reply (``NOSCRIPT``, a key of the wrong
+type) is raised as its class, and anything else (timeout, reset,
+cancellation) has closed the connection before it is raised.
+
+An earlier version wrote ``EVALSHA`` on a pooled connection itself, skipping
+redis-py's per-command layer (about 25 µs of a 150 µs loopback round trip,
+``benchmarks/bench_redis.py``); it depended on redis-py's internals
+(``pack_command``, ``get_connection``'s signature), which change between
+versions and differ in valkey-py, for a saving no stated target needed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._redis_errors import is_client_error, is_error_reply
+from ._redis_errors import is_client_error
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["AsyncClusterWire", "AsyncSentinelWire", "AsyncWire", "ClusterWire", "SentinelWire", "Wire"]
 
-#: Packed commands kept per wire (the common arguments change only with the rate).
-_CACHE_SIZE = 16
 #: Seconds between two asks of the sentinels for the master (see SentinelWire).
 SENTINEL_RECHECK = 1.0
 #: The same after no sentinel answered.
 SENTINEL_RECHECK_AFTER_FAILURE = 30.0
 
 
-def _connection_args(pool: Any) -> tuple[str, ...]:
-    """``get_connection``'s arguments: redis-py < 5.3 needs a command name, later ones warn about it."""
-    try:
-        param = inspect.signature(pool.get_connection).parameters.get("command_name")
-    except (TypeError, ValueError):
-        return ()
-    return ("EVALSHA",) if param is not None and param.default is inspect.Parameter.empty else ()
-
-
-class _Packer:
-    """Packs ``EVALSHA sha 1 key *args``; commands whose arguments are a tuple are cached."""
-
-    def __init__(self, pool: Any, key: str) -> None:
-        #: The bucket's own connection pool.
-        self.pool = pool
-        #: The bucket's Redis key.
-        self.key = key
-        #: What get_connection needs (see _connection_args).
-        self.connection_args = _connection_args(pool)
-        #: Packed commands by (sha, args) for tuple args.
-        self._cache: dict[tuple[str, tuple[str | bytes, ...]], list[bytes]] = {}
-
-    def pack(self, conn: Any, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> list[bytes]:
-        if more_keys:  # the cancel script's holes beside the bucket (never cached)
-            return list(conn.pack_command("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args))
-        if not isinstance(args, tuple):
-            return list(conn.pack_command("EVALSHA", sha, 1, self.key, *args))
-        packed = self._cache.get((sha, args))
-        if packed is None:
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
-            packed = self._cache[(sha, args)] = list(conn.pack_command("EVALSHA", sha, 1, self.key, *args))
-        return packed
-
-
-class Wire(_Packer):
-    """Runs ``EVALSHA`` on a connection of a sync ``redis.ConnectionPool``.
+class Wire:
+    """Runs the bucket's scripts through a sync ``redis.Redis`` (or ``valkey.Valkey``).
 
     Example:
-        >>> wire = Wire(redis.ConnectionPool(), "grpc-throttle:k")  # doctest: +SKIP
+        >>> wire = Wire(redis.Redis(), "grpc-throttle:k")  # doctest: +SKIP
         >>> wire.evalsha(sha, ("10.0", "1.0"))  # doctest: +SKIP
     """
 
+    def __init__(self, client: Any, key: str) -> None:
+        #: The bucket's own client.
+        self.client = client
+        #: The bucket's Redis key; every key sent lies in its slot.
+        self.key = key
+
     def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
-        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
-        conn = self.pool.get_connection(*self.connection_args)
-        try:
-            conn.send_packed_command(self.pack(conn, sha, args, more_keys))
-            return conn.read_response()
-        except BaseException as error:
-            if not is_error_reply(error):
-                conn.disconnect()
-            raise
-        finally:
-            self.pool.release(conn)
+        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py raises."""
+        return self.client.evalsha(sha, 1 + len(more_keys), self.key, *more_keys, *args)
 
     def load(self, source: str) -> None:
         """``SCRIPT LOAD`` the script ``source``."""
-        conn = self.pool.get_connection(*self.connection_args)
-        try:
-            conn.send_command("SCRIPT", "LOAD", source)
-            conn.read_response()
-        except BaseException as error:
-            if not is_error_reply(error):
-                conn.disconnect()
-            raise
-        finally:
-            self.pool.release(conn)
+        self.client.script_load(source)
 
 
-class AsyncWire(_Packer):
-    """Runs ``EVALSHA`` on a connection of a ``redis.asyncio.ConnectionPool``.
+class AsyncWire(Wire):
+    """Runs the bucket's scripts through a ``redis.asyncio.Redis`` (or valkey's).
 
     Example:
-        >>> wire = AsyncWire(redis.asyncio.ConnectionPool(), "grpc-throttle:k")  # doctest: +SKIP
+        >>> wire = AsyncWire(redis.asyncio.Redis(), "grpc-throttle:k")  # doctest: +SKIP
         >>> await wire.evalsha(sha, ("10.0", "1.0"))  # doctest: +SKIP
     """
 
     async def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
-        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
-        conn = await self.pool.get_connection(*self.connection_args)
-        try:
-            await conn.send_packed_command(self.pack(conn, sha, args, more_keys))
-            return await conn.read_response()
-        except BaseException as error:
-            if not is_error_reply(error):
-                await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await self.pool.release(conn)
+        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py raises."""
+        return await self.client.evalsha(sha, 1 + len(more_keys), self.key, *more_keys, *args)
 
-    async def load(self, source: str) -> None:
+    async def load(self, source: str) -> None:  # type: ignore[override]
         """``SCRIPT LOAD`` the script ``source``."""
-        conn = await self.pool.get_connection(*self.connection_args)
-        try:
-            await conn.send_command("SCRIPT", "LOAD", source)
-            await conn.read_response()
-        except BaseException as error:
-            if not is_error_reply(error):
-                await conn.disconnect(nowait=True)
-            raise
-        finally:
-            await self.pool.release(conn)
+        await self.client.script_load(source)
 
 
 class _Recheck:
@@ -185,15 +118,15 @@ class _Recheck:
 class SentinelWire(Wire):
     """:class:`Wire` on a Sentinel-managed pool, which asks for the master every second (see _Recheck)."""
 
-    def __init__(self, pool: Any, key: str) -> None:
-        super().__init__(pool, key)
+    def __init__(self, client: Any, key: str) -> None:
+        super().__init__(client, key)
         #: When to ask the sentinels again.
         self.recheck = _Recheck()
 
     def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
         if self.recheck.now():
             try:
-                self.pool.get_master_address()
+                self.client.connection_pool.get_master_address()
             except Exception as error:
                 self.recheck.failed(error)
         return super().evalsha(sha, args, more_keys)
@@ -202,15 +135,15 @@ class SentinelWire(Wire):
 class AsyncSentinelWire(AsyncWire):
     """:class:`AsyncWire` on a Sentinel-managed pool, which asks for the master every second."""
 
-    def __init__(self, pool: Any, key: str) -> None:
-        super().__init__(pool, key)
+    def __init__(self, client: Any, key: str) -> None:
+        super().__init__(client, key)
         #: When to ask the sentinels again.
         self.recheck = _Recheck()
 
     async def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
         if self.recheck.now():
             try:
-                await self.pool.get_master_address()
+                await self.client.connection_pool.get_master_address()
             except Exception as error:
                 self.recheck.failed(error)
         return await super().evalsha(sha, args, more_keys)
