@@ -24,7 +24,7 @@ import grpc_throttle
 from grpc_throttle.buckets import Bucket, _gcra
 from grpc_throttle.buckets._breaker import Breaker
 from grpc_throttle.buckets._lease import LeasePool, Slot
-from grpc_throttle.buckets._redis_config import SCRIPTS
+from grpc_throttle.buckets._redis_config import SCRIPTS, acl_rules
 from grpc_throttle.buckets.local import Reservation
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket, hashed_key
 from grpc_throttle.errors import BucketUnavailableError
@@ -356,7 +356,58 @@ def test_keys_carry_a_ttl_and_a_namespace(make: Make, redis_client: Any) -> None
     assert 0 < redis_client.pttl(bucket.key) <= 2 * 100 + 120_000 + 1000
     bucket.set_effective_rate(5)
     assert redis_client.pttl(bucket.key) > 0
-    assert set(redis_client.hgetall(bucket.key)) == {b"tat", b"iv", b"ep", b"eff", b"exp", b"rs"}
+    assert set(redis_client.hgetall(bucket.key)) == {b"tat", b"iv", b"ep", b"eff", b"exp", b"rs", b"mr"}
+
+
+def test_a_key_last_written_by_another_master_holds_its_schedule_once(make: Make, redis_client: Any) -> None:
+    # What a failover looks like to the scripts: the key's hash names another
+    # master's replication ID (the old master's, copied to the promoted replica).
+    bucket = make(rate=1000)
+    reserve(bucket)
+    assert redis_client.hget(bucket.key, "mr") == redis_client.info("replication")["master_replid"].encode()
+    redis_client.hset(bucket.key, "mr", "an-old-masters-id")
+    held = reserve(bucket)
+    assert 1.0 <= held.delay <= 1.2  # MOVE_HOLD (1.1 s) past the schedule
+    after = reserve(bucket)
+    assert after.ready_at - held.ready_at == pytest.approx(0.001, abs=0.01)  # once: then the rate again
+    assert redis_client.hget(bucket.key, "mr") == redis_client.info("replication")["master_replid"].encode()
+
+
+def test_a_key_from_before_replication_ids_were_kept_is_not_held(make: Make, redis_client: Any) -> None:
+    bucket = make(rate=1000)
+    reserve(bucket)
+    redis_client.hdel(bucket.key, "mr")  # a rolling upgrade: written by 0.2's scripts
+    assert reserve(bucket).delay < 0.5
+    assert redis_client.hexists(bucket.key, "mr")
+
+
+def test_a_refused_reservation_still_records_the_hold_so_it_does_not_slide(make: Make, redis_client: Any) -> None:
+    bucket = make(rate=1000)
+    reserve(bucket)
+    redis_client.hset(bucket.key, "mr", "an-old-masters-id")
+    assert bucket.reserve(max_wait=0) is None  # held: refused, but the hold is written
+    time.sleep(0.3)
+    assert 0.6 <= reserve(bucket).delay <= 0.9  # counted from the first call, not this one
+
+
+def test_an_acl_user_without_info_still_paces_but_is_not_held(
+    make: Make, redis_client: Any, redis_server: RedisServer
+) -> None:
+    # Users set up with 0.2's recipe (before +info): the scripts must still run.
+    rules = acl_rules().replace(" +info", "")
+    assert "+info" not in rules
+    redis_client.execute_command("ACL", "SETUSER", "no-info", "on", ">secret", *rules.split())
+    try:
+        url = redis_server.url.replace("redis://", "redis://no-info:secret@")
+        bucket = RedisTokenBucket.from_url(url, key=make().key.removeprefix("grpc-throttle:"), rate=1000, timeout=1.0)
+        try:
+            assert isinstance(bucket.reserve(), RedisReservation)
+            assert isinstance(bucket.reserve(), RedisReservation)
+            assert not redis_client.hexists(bucket.key, "mr")
+        finally:
+            bucket.close()
+    finally:
+        redis_client.execute_command("ACL", "DELUSER", "no-info")
 
 
 def test_script_cache_flush_reloads_by_itself(make: Make, redis_client: Any) -> None:

@@ -37,7 +37,9 @@ SHAS = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCR
 ACL_KEY_PATTERNS = ("grpc-throttle:*", "{grpc-throttle:*")
 #: Every command a bucket needs (the ``+`` commands of an ACL user): those it sends
 #: (EVALSHA, SCRIPT LOAD, and TYPE to explain a refused script) and those its Lua
-#: scripts run, which Redis checks against the user too.
+#: scripts run, which Redis checks against the user too. ``INFO`` (its replication
+#: ID) tells a script that a failover moved the key; without it the scripts work,
+#: but do not hold the schedule after a failover (see lua/_common.lua).
 ACL_COMMANDS = (
     "evalsha",
     "script|load",
@@ -53,6 +55,7 @@ ACL_COMMANDS = (
     "zrangebyscore",
     "zrem",
     "zremrangebyscore",
+    "info",
 )
 
 

@@ -7,6 +7,7 @@
 --   ep   epoch, bumped whenever iv changes so older reservations cannot cancel
 --   exp  when the key expires (microseconds), so that most writes skip PEXPIRE
 --   rs   the last changes of iv, 'ep,when,old,new;...' (see retime)
+--   mr   the replication ID of the master that last wrote it (see moved)
 -- and the shared rate adaptation (_cubic.py), absent until the first change:
 --   rd   the round, bumped on every decrease (one decrease per round)
 --   wm   the recovery target (CUBIC's w_max), tokens/s
@@ -77,14 +78,40 @@ local function retime(s, now, rate, capacity)
   end
 end
 
+-- A failover moves the key to a promoted replica whose copy of the schedule is
+-- the old master's as of the promotion. Clients still on the old master keep
+-- taking slots from their copy until they re-point, within a second (Sentinel:
+-- _redis_wire.SENTINEL_RECHECK; a cluster client on its next error), so two
+-- schedules run at once. The first script to find the key on another master
+-- (a promoted replica has a new replication ID) pushes the schedule on by
+-- MOVE_HOLD, past what the old master can hand out meanwhile, and records the
+-- new ID (s.mr is set only then: every script that changes the state stores
+-- it). A resharded slot (MIGRATE) looks the same, and is held once too.
+local MOVE_HOLD_US = 1.1e6
+
+local function moved(s, stored, now)
+  local info = redis.pcall('INFO', 'replication')
+  if type(info) ~= 'string' then -- an ACL user without +info: no hold
+    return
+  end
+  local id = string.match(info, 'master_replid:(%w+)')
+  if id and id ~= stored then
+    if stored then
+      s.tat = math.max(s.tat, now) + MOVE_HOLD_US
+    end
+    s.mr = id
+  end
+end
+
 -- Load the bucket at the rate in force. An effective rate set explicitly
 -- (new_eff) holds until changed: set again, or lowered by a throttle signal.
 local function load(key, now, rate, new_eff, capacity)
-  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k', 'lm')
+  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k', 'lm', 'mr')
   local s = {tat = tonumber(st[1]) or now, iv = tonumber(st[2]), eff = tonumber(st[3]), ep = tonumber(st[4]) or 0}
   s.key = key
   s.exp, s.rd, s.wm, s.ld, s.k = tonumber(st[5]), tonumber(st[6]), tonumber(st[7]), tonumber(st[8]), tonumber(st[9])
   s.lm = tonumber(st[10])
+  moved(s, st[11] or nil, now)
   if new_eff then
     s.eff = new_eff
     s.rate_changed = true
@@ -104,7 +131,7 @@ end
 -- skip PEXPIRE.
 local function store(key, s, now, capacity)
   local needed = math.max(s.tat, now) + 2 * capacity * s.iv + 60e6
-  if not (s.rate_changed or s.curve_changed) and s.exp and s.exp >= needed then
+  if not (s.rate_changed or s.curve_changed or s.mr) and s.exp and s.exp >= needed then
     redis.call('HSET', key, 'tat', fmt(s.tat)) -- the common case: nothing else to write
     return
   end
@@ -132,6 +159,10 @@ local function store(key, s, now, capacity)
         fields[#fields + 1] = v
       end
     end
+  end
+  if s.mr then
+    fields[#fields + 1] = 'mr'
+    fields[#fields + 1] = s.mr
   end
   local exp = nil
   if not s.exp or s.exp < needed then

@@ -11,7 +11,7 @@ local key = KEYS[1]
 local capacity = tonumber(ARGV[2])
 local now = now_us()
 local s = load(key, now, tonumber(ARGV[1]), nil, capacity)
-if s.rate_changed then
+if s.rate_changed or s.mr then
   store(key, s, now, capacity)
 end
 local start, stop, due, ep = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])

@@ -38,7 +38,7 @@ if s.ld then
   end
   retime(s, now, rate, tonumber(ARGV[2]))
 end
-if s.rate_changed or s.curve_changed then
+if s.rate_changed or s.curve_changed or s.mr then
   store(key, s, now, tonumber(ARGV[2]))
 end
 return report(s, now)

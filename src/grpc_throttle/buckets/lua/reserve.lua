@@ -35,7 +35,7 @@ end
 if granted == 1 then
   s.tat = new_tat + extra * s.iv
 end
-if granted == 1 or s.rate_changed or s.curve_changed then
+if granted == 1 or s.rate_changed or s.curve_changed or s.mr then
   store(key, s, now, capacity)
 end
 local reply = granted .. ' ' .. wait .. ' ' .. fmt(start) .. ' ' .. s.iv .. ' ' .. s.ep .. ' ' .. (start - now)

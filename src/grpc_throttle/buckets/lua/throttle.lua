@@ -26,7 +26,7 @@ if round >= (s.rd or 0) then
   s.curve_changed = true
   retime(s, now, rate, tonumber(ARGV[2]))
 end
-if s.rate_changed or s.curve_changed then
+if s.rate_changed or s.curve_changed or s.mr then
   store(key, s, now, tonumber(ARGV[2]))
 end
 return report(s, now)
