@@ -8,7 +8,10 @@ the function the Python side uses for the same thing:
   ``_cubic.on_success`` (the local bucket's curve), and with ``SharedCurve``
   (the copy of the curve a process keeps from the replies);
 * the key's effective rate with a local ``TokenBucket``'s under the same
-  throttle signals and successes.
+  throttle signals and successes;
+* every change of rate (``retime`` in ``_common.lua``) with ``_gcra.rescale``;
+* ``due.lua`` with ``_gcra.rescale`` applied through each change since the
+  reservation was made, as far back as the history both sides bound alike.
 
 ``reserve.lua`` has its own property in test_redis_bucket.py. Steps that only
 build a state (aging the last decrease, other scripts) are not asserted on.
@@ -16,6 +19,7 @@ build a state (aging the last decrease, other scripts) are not asserted on.
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -27,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grpc_throttle import AdaptiveRate, TokenBucket
-from grpc_throttle.buckets import _cubic
+from grpc_throttle.buckets import _cubic, _gcra
 from grpc_throttle.buckets._cubic import CubicState
 from grpc_throttle.buckets._redis_adapt import SCRIPTS, SharedCurve
 from tests.clock import VirtualClock
@@ -317,3 +321,123 @@ def test_the_key_follows_the_local_bucket_under_the_same_signals(
             local.record_success()
         shared = min(float(key.fields().get("eff", rate)), rate)
         assert local.effective_rate == pytest.approx(shared, rel=1e-9)
+
+
+# -- a change of rate carries the schedule as _gcra.rescale -----------------
+
+CHANGES = st.one_of(
+    st.tuples(st.just("set"), SET_TO),
+    st.tuples(st.just("throttle"), st.just(0.0)),
+    st.tuples(st.just("recover"), ELAPSED),
+)
+
+
+def change(key: Key, op: str, arg: float) -> float:
+    """One step that may change the rate; Redis's time when it ran (us)."""
+    if op == "set":
+        return key.set_rate(key.rate * arg)
+    if op == "throttle":
+        return key.throttle(key.view.round)
+    key.age(arg * key.curve_span())
+    return key.recover()
+
+
+@PROPERTY
+@given(
+    adaptive=adaptive_rates(),
+    rate=RATES,
+    capacity=st.integers(1, 4),
+    steps=st.lists(st.one_of(st.tuples(st.just("reserve"), st.integers(1, 4)), CHANGES), max_size=16),
+)
+def test_every_change_of_rate_carries_the_queue_as_gcra_rescale(
+    redis_client: Any,
+    keys: list[Key],
+    adaptive: AdaptiveRate,
+    rate: float,
+    capacity: int,
+    steps: list[tuple[str, float]],
+) -> None:
+    key = new_key(keys, redis_client, rate, capacity, adaptive)
+    key.reserve(1)
+    for op, arg in steps:
+        if op == "reserve":
+            key.reserve(min(int(arg), capacity))
+            continue
+        seen = len(key.changes)
+        now = change(key, op, arg)
+        before, after = key.before, key.fields()
+        assert float(after["iv"]) == 1e6 / min(float(after.get("eff", rate)), rate)
+        if len(key.changes) == seen:
+            assert (after["tat"], after["ep"]) == (before["tat"], before["ep"])
+            continue
+        old, new = float(before["iv"]), float(after["iv"])
+        assert float(after["tat"]) == _gcra.rescale(float(before["tat"]), now, old, new, capacity)
+        assert int(after["ep"]) == int(before["ep"]) + 1
+        kept = [tuple(entry.split(",")) for entry in after["rs"].split(";")]
+        assert len(kept) == min(len(key.changes), _gcra.RESCALES)
+        ep, when, was, to = kept[-1]
+        assert (int(ep), float(when), float(was), float(to)) == key.changes[-1]
+
+
+def carried(place: Place, changes: list[Change], capacity: int) -> Place:
+    """Where ``place`` stands after ``changes``: ``_gcra.rescale`` through each one since its epoch.
+
+    As far back as ``_gcra.RESCALES`` changes; a place made before more of
+    them comes back as it was.
+    """
+    since = [c for c in changes if c.ep > place.ep]
+    if not since or len(since) > _gcra.RESCALES:
+        return place
+    start, end, due = place.start, place.end, place.due
+    for c in since:
+        start = _gcra.rescale(start, c.when, c.old, c.new, capacity)
+        end = _gcra.rescale(end, c.when, c.old, c.new, capacity)
+        due = _gcra.rescale(due, c.when, c.old, c.new, 0)
+    return Place(start, end, due, since[-1].ep)
+
+
+@PROPERTY
+@given(
+    adaptive=adaptive_rates(),
+    rate=st.sampled_from([1.0, 8.0, 50.0]),
+    capacity=st.integers(1, 4),
+    steps=st.lists(st.one_of(st.tuples(st.just("reserve"), st.integers(1, 4)), CHANGES), max_size=28),
+)
+def test_the_due_script_moves_a_reserved_slot_as_gcra_rescale(
+    redis_client: Any,
+    keys: list[Key],
+    adaptive: AdaptiveRate,
+    rate: float,
+    capacity: int,
+    steps: list[tuple[str, float]],
+) -> None:
+    key = new_key(keys, redis_client, rate, capacity, adaptive)
+    places = [key.reserve(capacity)]
+    for op, arg in steps:
+        if op == "reserve":
+            places.append(key.reserve(min(int(arg), capacity)))
+        else:
+            change(key, op, arg)
+    for place in places:
+        assert key.due(place) == carried(place, key.changes, capacity)
+
+
+# -- one history bound ------------------------------------------------------
+
+
+def test_lua_and_python_bound_the_history_of_rate_changes_alike() -> None:
+    for name in ("reserve", "set_rate", "throttle", "recover", "due"):
+        assert [int(n) for n in re.findall(r"^local RESCALES = (\d+)\b", SCRIPTS[name], re.M)] == [_gcra.RESCALES]
+
+
+def test_the_due_script_carries_a_slot_through_rescales_changes_and_no_more(redis_client: Any, keys: list[Key]) -> None:
+    key = new_key(keys, redis_client, 1.0, 1, AdaptiveRate())
+    key.reserve(1)  # goes now
+    queued = key.reserve(1)  # due in about a second: every change moves it
+    for i in range(_gcra.RESCALES):
+        key.set_rate(0.5 if i % 2 == 0 else 0.25)
+    moved = key.due(queued)
+    assert moved.ep == queued.ep + _gcra.RESCALES and moved.due > queued.due
+    assert moved == carried(queued, key.changes, 1)
+    key.set_rate(0.5)
+    assert key.due(queued) == queued  # one change too many: it keeps its place
