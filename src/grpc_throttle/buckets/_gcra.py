@@ -16,6 +16,10 @@ from __future__ import annotations
 
 #: Waits shorter than this are rounding noise and count as "no wait".
 EPSILON = 1e-9
+#: The changes of rate a Redis bucket keeps for waiters to catch up with
+#: (``RESCALES`` in ``lua/_common.lua``, which a test holds equal to this): a
+#: reservation made before more changes than this keeps its place.
+RESCALES = 8
 
 
 def reserve(

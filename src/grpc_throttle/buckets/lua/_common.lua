@@ -50,7 +50,8 @@ local function carry(t, now, old, new, capacity)
   return now + (t - now) * new / old
 end
 
--- The changes of rate kept for waiters to catch up with (Reservation.due_in).
+-- The changes of rate kept for waiters to catch up with (Reservation.due_in):
+-- _gcra.RESCALES, which tests/test_redis_equivalence.py holds equal to this.
 local RESCALES = 8
 
 -- Put the rate in force (the caller's configured rate, capped by the shared
