@@ -19,7 +19,17 @@ import redis
 
 from tests.redis_server import RedisCluster, RedisServer
 
-__all__ = ["Migration", "masters", "migrate_slot", "node_id", "replica_of", "slot_owner", "wait_for_new_owner"]
+__all__ = [
+    "Migration",
+    "key_exists",
+    "masters",
+    "migrate_slot",
+    "node_id",
+    "replica_of",
+    "role",
+    "slot_owner",
+    "wait_for_new_owner",
+]
 
 #: Keys moved per MIGRATE, as ``redis-cli --cluster reshard`` moves them (its --cluster-pipeline).
 _BATCH = 10
@@ -27,7 +37,7 @@ _BATCH = 10
 
 def _run(node: RedisServer, *args: str | int) -> Any:
     """One command's reply on ``node`` (decoded), on a connection of its own."""
-    with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True, socket_timeout=5) as client:
+    with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True, socket_timeout=2) as client:
         return client.execute_command(*args)
 
 
@@ -67,6 +77,16 @@ def _by_port(cluster: RedisCluster, port: int) -> RedisServer:
     return next(node for node in cluster.nodes if node.port == port)
 
 
+def role(node: RedisServer) -> str:
+    """``master`` or ``slave``, as the node says."""
+    return str(_run(node, "ROLE")[0])
+
+
+def key_exists(node: RedisServer, key: str) -> bool:
+    """True when ``node`` itself holds ``key`` (no redirection followed)."""
+    return bool(_run(node, "EXISTS", key))
+
+
 def node_id(node: RedisServer) -> str:
     """The node's cluster id."""
     return str(_run(node, "CLUSTER", "MYID"))
@@ -74,7 +94,7 @@ def node_id(node: RedisServer) -> str:
 
 def masters(cluster: RedisCluster) -> list[RedisServer]:
     """The running nodes that are masters (by their own account)."""
-    return [node for node in cluster.nodes if node.running and _run(node, "ROLE")[0] == "master"]
+    return [node for node in cluster.nodes if node.running and role(node) == "master"]
 
 
 def slot_owner(cluster: RedisCluster, slot: int, *, seen_by: RedisServer | None = None) -> RedisServer | None:

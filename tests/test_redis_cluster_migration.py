@@ -1,10 +1,9 @@
-"""The Redis buckets while a Redis Cluster changes under them: a slot migrating, a master killed, CLUSTERDOWN.
+"""The Redis buckets while their slot migrates to another master of a Redis Cluster.
 
-Real clusters (``tests.redis_server.RedisCluster``), changed with the raw
-commands an operator (or ``redis-cli --cluster``) would send
-(``tests.redis_cluster_ops``), while calls keep coming. The slot migration
-runs on the session's cluster and leaves it whole; the failure tests start
-clusters of their own. Each test prints what it measured (``pytest -s``).
+The session's cluster, changed step by step with the raw commands
+``redis-cli --cluster reshard`` sends (``tests.redis_cluster_ops``) while
+calls keep coming; it is left whole. Killed masters and CLUSTERDOWN are in
+test_redis_cluster_failover.py. Each test prints what it measured (``pytest -s``).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from redis.crc import key_slot
 from grpc_throttle.buckets._redis_config import SHAS
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
-from tests.redis_cluster_ops import Migration, masters, migrate_slot, slot_owner
+from tests.redis_cluster_ops import Migration, key_exists, masters, migrate_slot, slot_owner
 from tests.redis_server import RedisCluster, RedisServer
 
 #: The buckets' rate: slow enough that one interval (0.1 s) dwarfs a noisy machine's jitter.
@@ -101,11 +100,6 @@ def _target(cluster: RedisCluster, key: str) -> tuple[int, RedisServer]:
     return slot, target
 
 
-def _key_on(node: RedisServer, key: str) -> bool:
-    with redis.Redis(host="127.0.0.1", port=node.port) as client:
-        return bool(client.exists(key))
-
-
 def test_calls_during_a_slot_migration_stay_on_one_shared_schedule(
     redis_cluster: RedisCluster, bucket_key: str
 ) -> None:
@@ -144,7 +138,7 @@ def test_calls_during_a_slot_migration_stay_on_one_shared_schedule(
                 thread.join()
         backlog = _check_one_schedule(calls, migration)
         assert all(bucket.shared for bucket in buckets)
-        assert slot_owner(redis_cluster, slot) is target and _key_on(target, buckets[0].key)
+        assert slot_owner(redis_cluster, slot) is target and key_exists(target, buckets[0].key)
         _check_still_shared([buckets[i % 2].reserve() for i in range(4)], backlog)
         _report("sync", calls, migration)
     finally:
@@ -195,7 +189,7 @@ async def test_calls_during_a_slot_migration_stay_on_one_shared_schedule_asyncio
         assert not raised, raised[:3]
         shared = [call.outcome for call in crowd if isinstance(call.outcome, RedisReservation)]
         _check_one_schedule([*calls[alone], *(call for call in crowd if call.outcome in shared)], migration)
-        assert slot_owner(redis_cluster, slot) is target and _key_on(target, alone.key)
+        assert slot_owner(redis_cluster, slot) is target and key_exists(target, alone.key)
         await asyncio.sleep(0.15)  # past the crowded bucket's cooldown, if it fell back
         _check_still_shared([await (alone, crowded)[i % 2].reserve() for i in range(4)], [*backlog, *shared])
         assert alone.shared and crowded.shared
@@ -217,6 +211,7 @@ def test_a_script_reloads_on_every_primary_but_a_hung_one_costs_one_timeout(
     client = redis.cluster.RedisCluster.from_url(redis_cluster.url)
     bucket = RedisTokenBucket(client, key=bucket_key, rate=RATE, timeout=timeout, on_failure="fail")
     owner = slot_owner(redis_cluster, key_slot(bucket.key.encode()))
+    assert owner is not None
     hung, healthy = (node for node in masters(redis_cluster) if node is not owner)
     for node in (owner, healthy):
         with redis.Redis(host="127.0.0.1", port=node.port) as plain:
