@@ -239,7 +239,7 @@ class ClusterWire:
         """``SCRIPT LOAD`` the script on the node holding the key, then on the other primaries (see _others).
 
         Raises:
-            What redis-py raises for the node holding the key; the others' errors are logged.
+            What redis-py raises for the node holding the key; the others' Redis errors are logged and skipped.
         """
         owner = self.client.get_node_from_key(self.key)
         self.client.execute_command("SCRIPT LOAD", source, target_nodes=owner)
