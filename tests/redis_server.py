@@ -220,24 +220,45 @@ class RedisServer(Deployment):
 
 
 class RedisCluster(Deployment):
-    """A Redis Cluster of three masters (no replicas) on free loopback ports.
+    """A Redis Cluster on free loopback ports: three masters and no replicas by default.
+
+    Args:
+        masters: How many masters share the slots.
+        replicas: Replicas per master (``redis-cli --cluster create --cluster-replicas``).
+        node_timeout_ms: ``cluster-node-timeout``: how long a node may not answer
+            before it counts as failing (Redis's default, 15 s, when None). A
+            failover takes about this plus a second.
+        startup_timeout: Seconds to wait for the cluster to form.
 
     Example:
         >>> with RedisCluster() as cluster:
         ...     cluster.startup_nodes  # [("127.0.0.1", port), ...]
     """
 
-    def __init__(self, masters: int = 3, *, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        masters: int = 3,
+        *,
+        replicas: int = 0,
+        node_timeout_ms: int | None = None,
+        startup_timeout: float = 30.0,
+    ) -> None:
         cli = redis_cli_binary()
         if cli is None:
             raise FileNotFoundError("redis-cli is not on PATH")
         self.cli = cli
         self.startup_timeout = startup_timeout
-        cluster_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        #: Replicas per master.
+        self.replicas = replicas
+        cluster_args: tuple[str, ...] = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+        cluster_args += ("--repl-diskless-sync-delay", "0")  # a replica syncs at once, not after 5 s
+        if node_timeout_ms is not None:
+            cluster_args += ("--cluster-node-timeout", str(node_timeout_ms))
         # The bus port defaults to port + 10000, past 65535 for many free ports: pick it too.
-        #: The masters, one redis-server each.
+        #: The nodes, one redis-server each; redis-cli picks which are masters (see CLUSTER NODES).
         self.nodes = [
-            RedisServer(extra_args=(*cluster_args, "--cluster-port", str(free_port()))) for _ in range(masters)
+            RedisServer(extra_args=(*cluster_args, "--cluster-port", str(free_port())))
+            for _ in range(masters * (1 + replicas))
         ]
 
     @property
@@ -250,22 +271,30 @@ class RedisCluster(Deployment):
         return self.nodes[0].url
 
     def start(self) -> None:
-        """Start the nodes, join them into one cluster and wait for ``cluster_state:ok`` on each."""
+        """Start the nodes, join them into one cluster and wait for ``cluster_state:ok`` on each
+        (and, with replicas, until every replica is in sync with its master)."""
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        replicas = ("--cluster-replicas", str(self.replicas)) if self.replicas else ()
         subprocess.run(
-            [self.cli, "--cluster", "create", *addresses, "--cluster-yes"],
+            [self.cli, "--cluster", "create", *addresses, *replicas, "--cluster-yes"],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             timeout=self.startup_timeout,
         )
         deadline = time.monotonic() + self.startup_timeout
-        while not all(b"cluster_state:ok" in node.command(b"CLUSTER INFO") for node in self.nodes):
+        while not self._ready():
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
             time.sleep(0.05)
+
+    def _ready(self) -> bool:
+        if not all(b"cluster_state:ok" in node.command(b"CLUSTER INFO") for node in self.nodes):
+            return False
+        synced = sum(b"master_link_status:up" in node.command(b"INFO replication") for node in self.nodes)
+        return synced == len(self.nodes) - len(self.nodes) // (1 + self.replicas)
 
     def close(self) -> None:
         for node in self.nodes:

@@ -13,7 +13,9 @@ where a command goes:
 
 Errors are redis-py's own: an error reply (``NOSCRIPT``, a key of the wrong
 type) is raised as its class, and anything else (timeout, reset,
-cancellation) has closed the connection before it is raised.
+cancellation) has closed the connection before it is raised. On a cluster a
+script is loaded on every primary, since ``ASK`` may lead to any (see
+``ClusterWire._others``).
 
 An earlier version wrote ``EVALSHA`` on a pooled connection itself, skipping
 redis-py's per-command layer (about 25 µs of a 150 µs loopback round trip,
@@ -168,8 +170,18 @@ class ClusterWire:
         return self.client.execute_command("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args)
 
     def load(self, source: str) -> None:
-        """``SCRIPT LOAD`` the script on the node holding the key (not every primary: one may be down)."""
-        self.client.execute_command("SCRIPT LOAD", source, target_nodes=self.client.get_node_from_key(self.key))
+        """``SCRIPT LOAD`` the script on the node holding the key, then on the other primaries (see _others).
+
+        Raises:
+            What redis-py raises for the node holding the key; the others' Redis errors are logged and skipped.
+        """
+        owner = self.client.get_node_from_key(self.key)
+        self.client.execute_command("SCRIPT LOAD", source, target_nodes=owner)
+        for node in _others(self.client, owner):
+            try:
+                self.client.execute_command("SCRIPT LOAD", source, target_nodes=node)
+            except Exception as error:
+                _skipped(node, error)
 
 
 class AsyncClusterWire(ClusterWire):
@@ -201,7 +213,36 @@ class AsyncClusterWire(ClusterWire):
         return await self.client.execute_command(*command)
 
     async def load(self, source: str) -> None:  # type: ignore[override]
-        """``SCRIPT LOAD`` the script on the node holding the key."""
+        """``SCRIPT LOAD`` the script on the node holding the key, then on the other primaries (see _others)."""
         if not self.client.get_nodes():  # the slots are learnt on first use
             await self.client.initialize()
-        await self.client.execute_command("SCRIPT LOAD", source, target_nodes=self.client.get_node_from_key(self.key))
+        owner = self.client.get_node_from_key(self.key)
+        await self.client.execute_command("SCRIPT LOAD", source, target_nodes=owner)
+        for node in _others(self.client, owner):
+            try:
+                await self.client.execute_command("SCRIPT LOAD", source, target_nodes=node)
+            except Exception as error:
+                _skipped(node, error)
+
+
+def _others(client: Any, owner: Any) -> list[Any]:
+    """The primaries of ``client``'s slot map other than ``owner``, where a script is loaded too.
+
+    ``NOSCRIPT`` can come from a primary other than the slot's owner: while the
+    slot migrates, the cluster client follows ``ASK`` to the importing primary,
+    which has never run the bucket's scripts. The reply does not say which
+    node answered, so the script goes to every primary; a load happens only
+    after a ``NOSCRIPT``, and costs one round trip per primary then. A primary
+    that is down costs its connect (at most the bucket's timeout) and is
+    skipped: the owner is the one that must have the script. A primary that
+    holds no slot yet (a new one being filled) is not in the map; redis-py
+    8.2 cannot follow ``ASK`` to one either (redis-py issue 4015).
+    """
+    return [node for node in client.get_primaries() if node.name != owner.name]
+
+
+def _skipped(node: Any, error: Exception) -> None:
+    """A load on a primary other than the owner failed: not the call's concern, unless it is a bug."""
+    if not is_client_error(error):
+        raise error
+    _logger.debug("SCRIPT LOAD on %s failed: %r", node.name, error)
