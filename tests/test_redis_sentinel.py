@@ -119,7 +119,8 @@ def test_sentinel_failover_keeps_the_shared_schedule(bucket_key: str) -> None:
         fresh = RedisTokenBucket.from_url(deployment.url, **kwargs)
         first = fresh.reserve(max_wait=60)
         assert isinstance(first, RedisReservation), "the promoted master did not answer"
-        assert first.ready_at >= last_before + 0.9 / rate, first.ready_at - last_before
+        # ... held by 1.1 s (lua/_common.lua, moved): the old master may still hand out slots.
+        assert first.ready_at >= last_before + 1.0, first.ready_at - last_before
         # The connected process moves to the promoted master by itself (CLIENT LIST shows where it is).
         fallback = 0
         while b"name=old-process" not in deployment.master.command(b"CLIENT LIST"):
@@ -175,7 +176,8 @@ def test_a_killed_master_comes_back_as_the_promoted_replica_with_the_schedule(bu
         fresh = RedisTokenBucket.from_url(deployment.url, **kwargs)
         first = fresh.reserve(max_wait=60)
         assert isinstance(first, RedisReservation), "the promoted master did not answer"
-        assert first.ready_at >= last_before + 0.9 / rate, first.ready_at - last_before
+        # ... held by 1.1 s (lua/_common.lua, moved): the old master may still hand out slots.
+        assert first.ready_at >= last_before + 1.0, first.ready_at - last_before
         print(f"killed master: shared again after {back:.2f} s; {fallback} fallback calls, slowest {slowest:.3f} s")
         bucket.close()
         fresh.close()

@@ -83,11 +83,13 @@ end
 -- the old master's as of the promotion. Clients still on the old master keep
 -- taking slots from their copy until they re-point, within a second (Sentinel:
 -- _redis_wire.SENTINEL_RECHECK; a cluster client on its next error), so two
--- schedules run at once. The first script to find the key on another master
--- (a promoted replica has a new replication ID) pushes the schedule on by
--- MOVE_HOLD, past what the old master can hand out meanwhile, and records the
--- new ID (s.mr is set only then: every script that changes the state stores
--- it). A resharded slot (MIGRATE) looks the same, and is held once too.
+-- schedules run at once. A promoted replica takes a new replication ID and
+-- keeps its old master's as master_replid2: the first script to find the key
+-- last written under that ID pushes the schedule on by MOVE_HOLD, past what
+-- the old master can hand out meanwhile. Every script records the master's ID
+-- when it changes (s.mr is set only then, and every script that changes the
+-- state stores it). A key moved by MIGRATE, or found on a restarted server,
+-- has another ID but not its master's old one: it is not held.
 local MOVE_HOLD_US = 1.1e6
 
 local function moved(s, stored, now)
@@ -97,7 +99,7 @@ local function moved(s, stored, now)
   end
   local id = string.match(info, 'master_replid:(%w+)')
   if id and id ~= stored then
-    if stored then
+    if stored and stored == string.match(info, 'master_replid2:(%w+)') then
       s.tat = math.max(s.tat, now) + MOVE_HOLD_US
     end
     s.mr = id
