@@ -118,6 +118,27 @@ def test_other_error_replies_are_refused_and_bugs_are_unknown() -> None:
     assert classify(rx.ResponseError("ERR TRYAGAIN CLUSTERDOWN in a script")).kind == "refused"
 
 
+def _raised_in(module: str, error: BaseException) -> BaseException:
+    """``error`` as raised by code of ``module`` (its innermost frame is there)."""
+    namespace: dict[str, object] = {"__name__": module}
+    exec("def fail(error):\n    raise error\n", namespace)  # a frame of that module
+    try:
+        namespace["fail"](error)  # type: ignore[operator]
+    except BaseException as raised:
+        return raised
+    raise AssertionError("not raised")
+
+
+def test_a_bug_inside_the_client_library_is_an_outage_with_its_fix_logged() -> None:
+    # redis-py 8's cluster client raises AttributeError when ASK leads to a
+    # primary holding no slot yet (redis-py issue 4015): calls must go on.
+    for module in ("redis.cluster", "valkey.asyncio.cluster"):
+        verdict = classify(_raised_in(module, AttributeError("'NoneType' object has no attribute 'name'")))
+        assert verdict.kind == "outage" and "client library" in verdict.fix
+    assert classify(_raised_in("myapp.redis_helpers", AttributeError("x"))).kind == "unknown"
+    assert classify(AttributeError("never raised")).kind == "unknown"
+
+
 def _valkey_exceptions() -> dict[str, type[Exception]]:
     """Stand-ins for valkey.exceptions: same names and hierarchy, another module."""
 

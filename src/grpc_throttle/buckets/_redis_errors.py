@@ -37,6 +37,11 @@ __all__ = ["Kind", "Verdict", "classify", "is_client_error", "is_error_reply", "
 #:   error): raised, with what the bucket can tell about the key.
 #: * ``"full"``: the bucket's own connection pool is full; no verdict on Redis.
 #: * ``"unknown"``: not an error of the Redis client at all (a bug): re-raised as it is.
+#:
+#: An error of no client class raised from inside the client's own code (a bug
+#: of the client, e.g. redis-py 8's cluster client meeting ``ASK`` to a primary
+#: that holds no slot yet raises ``AttributeError``) is an outage: the calls
+#: must go on, and the fix is logged once.
 Kind = Literal["outage", "mistake", "refused", "full", "unknown"]
 
 #: Modules whose exception classes are matched by name.
@@ -57,6 +62,10 @@ _READONLY = (
 _MOVED = (
     "this Redis is a cluster node that does not hold the bucket's key (MOVED/ASK): pass a "
     "redis.cluster.RedisCluster (or redis.asyncio.cluster.RedisCluster) as the client"
+)
+_CLIENT_BUG = (
+    "the Redis client library failed inside its own code (a bug of the client, not of the setup); "
+    "the bucket treats it as an outage: upgrade the client if it persists"
 )
 _TLS = (
     "the Redis server's TLS certificate did not verify: give the client the CA that signed it "
@@ -137,6 +146,8 @@ def classify(error: BaseException, *, cluster: bool = False) -> Verdict:
             return Verdict("refused")
     if isinstance(error, (OSError, asyncio.TimeoutError)):  # distinct classes on Python 3.10
         return Verdict("outage")
+    if _raised_by_client(error):
+        return Verdict("outage", _CLIENT_BUG)
     return Verdict("unknown")
 
 
@@ -158,6 +169,17 @@ def is_client_error(error: BaseException) -> bool:
 def _client_class_names(error: BaseException) -> list[str]:
     """Names of the classes along ``error``'s MRO that a Redis client module defines, most specific first."""
     return [cls.__name__ for cls in type(error).__mro__ if cls.__module__.split(".", 1)[0] in _CLIENT_MODULES]
+
+
+def _raised_by_client(error: BaseException) -> bool:
+    """True when the innermost frame that raised ``error`` is in a Redis client module."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and module.split(".", 1)[0] in _CLIENT_MODULES
 
 
 def _tls_verify_failed(error: BaseException) -> bool:
