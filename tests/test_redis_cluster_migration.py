@@ -24,8 +24,8 @@ from redis.crc import key_slot
 from grpc_throttle.buckets._redis_config import SHAS
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
-from tests.redis_cluster_ops import Migration, key_exists, masters, migrate_slot, slot_owner
-from tests.redis_server import RedisCluster, RedisServer
+from tests.redis_cluster_ops import Migration, key_exists, masters, migrate_slot, node_id, slot_owner
+from tests.redis_server import RedisCluster, RedisServer, free_port, require_redis
 
 #: The buckets' rate: slow enough that one interval (0.1 s) dwarfs a noisy machine's jitter.
 RATE = 10.0
@@ -229,3 +229,77 @@ def test_a_script_reloads_on_every_primary_but_a_hung_one_costs_one_timeout(
     with redis.Redis(host="127.0.0.1", port=healthy.port) as plain:
         assert plain.script_exists(SHAS["reserve"]) == [True]  # the script reached it too
     print(f"reload with a hung primary: {took * 1000:.0f} ms")
+
+
+def test_a_slot_migrating_to_a_new_empty_master_never_raises(bucket_key: str) -> None:
+    """A master that joined with no slots is missing from redis-py's slot map, so its cluster
+    client cannot follow ASK there: it raises AttributeError from inside itself (redis-py issue
+    4015). The bucket must treat that as an outage (calls fall back), and share again once the
+    slot has changed hands. A cluster of its own: the session's keeps three masters."""
+    require_redis(cluster=True)
+    with RedisCluster() as cluster:
+        newcomer = RedisServer(
+            extra_args=(
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-port",
+                str(free_port()),
+            )
+        )
+        newcomer.start()
+        cluster.nodes.append(newcomer)  # closed with the cluster
+        first = cluster.nodes[0]
+        me = next(line for line in _lines_of(first).splitlines() if "myself" in line)
+        bus = int(me.split()[1].split("@")[1].split(",")[0])  # not port + 10000 here: MEET must be told
+        with redis.Redis(host="127.0.0.1", port=newcomer.port) as client:
+            client.execute_command("CLUSTER", "MEET", "127.0.0.1", first.port, bus)
+        deadline = time.monotonic() + 20
+        while not all(node_id(newcomer) in str(_lines_of(node)) for node in cluster.nodes[:3]):
+            assert time.monotonic() < deadline, "the new master did not join"
+            time.sleep(0.05)
+        client = redis.cluster.RedisCluster.from_url(cluster.url)
+        bucket = RedisTokenBucket(client, key=bucket_key, rate=RATE, timeout=1.0, cooldown=0.1, on_failure="local")
+        calls: list[Call] = []
+        stop = threading.Event()
+
+        def call() -> None:
+            while not stop.is_set():
+                began = time.monotonic()
+                try:
+                    outcome: object = bucket.reserve()
+                except Exception as error:
+                    outcome = error
+                calls.append(Call(began, time.monotonic() - began, outcome))
+                time.sleep(0.01)
+
+        try:
+            assert isinstance(bucket.reserve(), RedisReservation)
+            slot = key_slot(bucket.key.encode())
+            thread = threading.Thread(target=call)
+            thread.start()
+            try:
+                time.sleep(0.2)
+                migration = migrate_slot(cluster, slot, newcomer, hold=0.5)
+                time.sleep(0.3)
+            finally:
+                stop.set()
+                thread.join()
+            raised = [call.outcome for call in calls if isinstance(call.outcome, BaseException)]
+            assert not raised, raised[:3]
+            assert slot_owner(cluster, slot) is newcomer and key_exists(newcomer, bucket.key)
+            deadline = time.monotonic() + 10
+            while not isinstance(bucket.reserve(), RedisReservation):
+                assert time.monotonic() < deadline, "not shared again on the new master"
+                time.sleep(0.05)
+            fell_back = sum(not isinstance(call.outcome, RedisReservation) for call in calls)
+            _report(f"to an empty master ({fell_back} fell back)", calls, migration)
+        finally:
+            bucket.close()
+            client.close()
+
+
+def _lines_of(node: RedisServer) -> str:
+    with redis.Redis(host="127.0.0.1", port=node.port, decode_responses=True) as client:
+        return str(client.execute_command("CLUSTER", "NODES"))
