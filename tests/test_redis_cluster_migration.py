@@ -79,6 +79,18 @@ def _check_still_shared(after: Sequence[object], backlog: Sequence[RedisReservat
     assert all(0.5 / RATE < gap < 1.5 / RATE for gap in gaps), gaps
 
 
+def _keep_calling(bucket: RedisTokenBucket, calls: list[Call], stop: threading.Event) -> None:
+    """Reserve every 10 ms until ``stop``, noting each call (what it raised, too)."""
+    while not stop.is_set():
+        began = time.monotonic()
+        try:
+            outcome: object = bucket.reserve()
+        except Exception as error:
+            outcome = error
+        calls.append(Call(began, time.monotonic() - began, outcome))
+        time.sleep(0.01)
+
+
 def _report(name: str, calls: Sequence[Call], migration: Migration) -> None:
     during, split = _summary(calls, migration)
     slowest = max(call.took for call in during)
@@ -111,21 +123,13 @@ def test_calls_during_a_slot_migration_stay_on_one_shared_schedule(
     calls: list[Call] = []
     stop = threading.Event()
 
-    def call(bucket: RedisTokenBucket) -> None:
-        while not stop.is_set():
-            began = time.monotonic()
-            try:
-                outcome: object = bucket.reserve()
-            except Exception as error:
-                outcome = error
-            calls.append(Call(began, time.monotonic() - began, outcome))
-            time.sleep(0.01)
-
     try:
         for bucket in buckets:
             assert isinstance(bucket.reserve(), RedisReservation)  # the key exists, the scripts are loaded
         slot, target = _target(redis_cluster, buckets[0].key)
-        threads = [threading.Thread(target=call, args=(bucket,)) for bucket in buckets for _ in range(2)]
+        threads = [
+            threading.Thread(target=_keep_calling, args=(bucket, calls, stop)) for bucket in buckets for _ in range(2)
+        ]
         for thread in threads:
             thread.start()
         try:
@@ -264,20 +268,10 @@ def test_a_slot_migrating_to_a_new_empty_master_never_raises(bucket_key: str) ->
         calls: list[Call] = []
         stop = threading.Event()
 
-        def call() -> None:
-            while not stop.is_set():
-                began = time.monotonic()
-                try:
-                    outcome: object = bucket.reserve()
-                except Exception as error:
-                    outcome = error
-                calls.append(Call(began, time.monotonic() - began, outcome))
-                time.sleep(0.01)
-
         try:
             assert isinstance(bucket.reserve(), RedisReservation)
             slot = key_slot(bucket.key.encode())
-            thread = threading.Thread(target=call)
+            thread = threading.Thread(target=_keep_calling, args=(bucket, calls, stop))
             thread.start()
             try:
                 time.sleep(0.2)
