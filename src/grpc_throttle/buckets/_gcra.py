@@ -18,8 +18,13 @@ from __future__ import annotations
 EPSILON = 1e-9
 #: The changes of rate a Redis bucket keeps for waiters to catch up with
 #: (``RESCALES`` in ``lua/_common.lua``, which a test holds equal to this): a
-#: reservation made before more changes than this keeps its place.
-RESCALES = 8
+#: reservation made before more changes than this keeps its place, too early.
+#: A cut and the recovery after it count one change per step of at least 1 %
+#: (``_cubic.MIN_CHANGE``): from 0.7 of the rate back to all of it is about
+#: 36 steps, so 8 lost the cut for a waiter queued before it (a slot 0.8 s
+#: too early in a 20-deep queue at 10/s); 64 covers a cut to 0.53 of the rate
+#: and its whole recovery. Each change kept costs ~40 bytes in the key's hash.
+RESCALES = 64
 
 
 def reserve(

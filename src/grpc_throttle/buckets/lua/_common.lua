@@ -52,7 +52,7 @@ end
 
 -- The changes of rate kept for waiters to catch up with (Reservation.due_in):
 -- _gcra.RESCALES, which tests/test_redis_equivalence.py holds equal to this.
-local RESCALES = 8
+local RESCALES = 64
 
 -- Put the rate in force (the caller's configured rate, capped by the shared
 -- effective rate) into s.iv, carrying the schedule over, and remember the
