@@ -80,7 +80,8 @@ def drive(step: Step[T], run: Callable[[Command], Any]) -> T:
             else:
                 command = step.send(reply)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        result: T = done.value
+        return result
 
 
 async def adrive(step: Step[T], run: Callable[[Command], Awaitable[Any]]) -> T:
@@ -95,7 +96,8 @@ async def adrive(step: Step[T], run: Callable[[Command], Awaitable[Any]]) -> T:
             else:
                 command = step.send(reply)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        result: T = done.value
+        return result
 
 
 class RedisSteps(RedisBucketBase):
