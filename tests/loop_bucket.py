@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from tests.redis_deployments import aclose_client
+
 __all__ = ["LoopBucket"]
 
 
@@ -86,7 +88,7 @@ class LoopBucket:
 
     def close(self) -> None:
         self._run(self.bucket.aclose())
-        self._run(self.client.aclose())
+        self._run(aclose_client(self.client))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()

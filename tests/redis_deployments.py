@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from grpc_throttle.buckets._redis_config import acl_rules
 from tests.redis_server import Deployment, RedisServer, free_port, skip_or_fail
@@ -235,6 +236,21 @@ class RedisTLS(Deployment):
     def close(self) -> None:
         self.server.close()
         self._dir.cleanup()
+
+
+def close_sentinel(sentinel: Any) -> None:
+    """Close a sync ``Sentinel``'s clients (redis-py < 6's Sentinel has no ``close()``)."""
+    for client in sentinel.sentinels:
+        client.close()
+
+
+async def aclose_client(client: Any) -> None:
+    """Close an asyncio client or ``Sentinel`` (redis-py < 6's asyncio Sentinel has no ``aclose()``)."""
+    if hasattr(client, "aclose"):
+        await client.aclose()
+        return
+    for sentinel in client.sentinels:
+        await sentinel.aclose()
 
 
 def valkey_server_binary() -> str | None:

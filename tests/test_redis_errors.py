@@ -118,6 +118,12 @@ def test_other_error_replies_are_refused_and_bugs_are_unknown() -> None:
     assert classify(rx.ResponseError("ERR TRYAGAIN CLUSTERDOWN in a script")).kind == "refused"
 
 
+def test_a_redirection_redis_py_5_0_leaves_unmapped_is_still_a_redirection() -> None:
+    moved = rx.ResponseError("MOVED 3999 127.0.0.1:6381")  # how a plain client of redis-py 5.0 raises it
+    assert classify(moved, cluster=False) == classify(rx.MovedError("3999 127.0.0.1:6381"), cluster=False)
+    assert classify(rx.ResponseError("ASK 3999 127.0.0.1:6381"), cluster=True).kind == "outage"
+
+
 def _raised_in(module: str, error: BaseException) -> BaseException:
     """``error`` as raised by code of ``module`` (its innermost frame is there)."""
     namespace: dict[str, object] = {"__name__": module}

@@ -19,7 +19,7 @@ import redis.sentinel
 from grpc_throttle.buckets._redis_wire import SENTINEL_RECHECK
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
-from tests.redis_deployments import RedisSentinel
+from tests.redis_deployments import RedisSentinel, aclose_client, close_sentinel
 from tests.redis_server import require_redis
 
 
@@ -33,7 +33,7 @@ def test_a_sentinel_object_and_a_service_name(redis_sentinel: RedisSentinel, buc
         assert redis_sentinel.master.command(f"EXISTS grpc-throttle:{bucket_key}".encode()) == b":1\r\n"
     finally:
         bucket.close()
-        sentinel.close()  # type: ignore[no-untyped-call]
+        close_sentinel(sentinel)
 
 
 async def test_the_asyncio_bucket_through_sentinel_from_two_loops(
@@ -75,7 +75,7 @@ def test_the_url_and_service_name_are_checked(redis_sentinel: RedisSentinel) -> 
         ValueError, match=r"use grpc_throttle\.buckets\.redis_aio\.RedisTokenBucket for an asyncio client"
     ):
         RedisTokenBucket(aio_sentinel, service_name="m", **good)  # type: ignore[arg-type]
-    sentinel.close()  # type: ignore[no-untyped-call]
+    close_sentinel(sentinel)
 
 
 def test_credentials_and_db_in_the_url_reach_sentinels_and_master() -> None:
@@ -139,7 +139,7 @@ def test_sentinel_failover_keeps_the_shared_schedule(bucket_key: str) -> None:
         )
         bucket.close()
         fresh.close()
-        sentinel.close()  # type: ignore[no-untyped-call]
+        close_sentinel(sentinel)
 
 
 def test_a_killed_master_comes_back_as_the_promoted_replica_with_the_schedule(bucket_key: str) -> None:
@@ -211,7 +211,7 @@ def test_the_asyncio_bucket_follows_a_failover_too(bucket_key: str) -> None:
                 assert reservation.ready_at > first.ready_at  # type: ignore[union-attr]  # one schedule
             finally:
                 await bucket.aclose()
-                await sentinel.aclose()
+                await aclose_client(sentinel)
 
         asyncio.run(run())
 

@@ -97,6 +97,9 @@ _MISTAKES = {
 #: no class to them, and then keeps the code as the message's first word):
 #: a script running too long elsewhere, too few replicas for a write.
 _UNMAPPED_OUTAGE_CODES = ("BUSY", "NOREPLICAS")
+#: The same for redirections: a plain client of redis-py 5.0 raises ``MOVED``
+#: and ``ASK`` as a bare ``ResponseError`` (later versions as ``MovedError``, ``AskError``).
+_UNMAPPED_REDIRECTS = ("MOVED", "ASK")
 #: The one mistake Redis (7.0, and Valkey) reports with no code of its own: an ACL
 #: user may run EVALSHA but not a command or key inside the script. The reply is a
 #: plain ``ERR`` whose text is all there is to go by (checked on redis-server 7.0).
@@ -141,6 +144,8 @@ def classify(error: BaseException, *, cluster: bool = False) -> Verdict:
             if _SCRIPT_NOPERM in str(error):
                 return Verdict("mistake", _NOPERM)
             first = str(error).split(" ", 1)[0]
+            if first in _UNMAPPED_REDIRECTS:  # redis-py 5.0 maps them only in its cluster client
+                return Verdict("outage") if cluster else Verdict("mistake", _MOVED)
             return Verdict("outage") if first in _UNMAPPED_OUTAGE_CODES else Verdict("refused")
         if name == "RedisError":
             return Verdict("refused")
