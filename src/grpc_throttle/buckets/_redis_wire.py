@@ -151,23 +151,13 @@ class AsyncSentinelWire(AsyncWire):
         return await super().evalsha(sha, args, more_keys)
 
 
-class ClusterWire:
-    """Runs ``EVALSHA`` through a sync ``redis.cluster.RedisCluster``, on the node of the key's slot.
+class ClusterWire(Wire):
+    """Runs the bucket's scripts through a sync ``redis.cluster.RedisCluster``, on the node of the key's slot.
 
     Example:
         >>> wire = ClusterWire(redis.cluster.RedisCluster(), "grpc-throttle:k")  # doctest: +SKIP
         >>> wire.evalsha(sha, ("10.0", "1.0"))  # doctest: +SKIP
     """
-
-    def __init__(self, client: Any, key: str) -> None:
-        #: The bucket's own cluster client.
-        self.client = client
-        #: The bucket's Redis key; every key sent lies in its slot.
-        self.key = key
-
-    def evalsha(self, sha: str, args: Sequence[str | bytes], more_keys: Sequence[str] = ()) -> Any:
-        """The script's reply (keys: the bucket's, then ``more_keys``); raises what redis-py would."""
-        return self.client.execute_command("EVALSHA", sha, 1 + len(more_keys), self.key, *more_keys, *args)
 
     def load(self, source: str) -> None:
         """``SCRIPT LOAD`` the script on the node holding the key, then on the other primaries (see _others).
