@@ -356,12 +356,18 @@ def test_keys_carry_a_ttl_and_a_namespace(make: Make, redis_client: Any) -> None
     assert 0 < redis_client.pttl(bucket.key) <= 2 * 100 + 120_000 + 1000
     bucket.set_effective_rate(5)
     assert redis_client.pttl(bucket.key) > 0
-    assert set(redis_client.hgetall(bucket.key)) == {b"tat", b"iv", b"ep", b"eff", b"exp", b"rs", b"mr"}
+    assert set(redis_client.hgetall(bucket.key)) == {b"tat", b"iv", b"ep", b"eff", b"exp", b"rs", b"mr", b"mc"}
 
 
 def _replication_id(client: Any, field: str = "master_replid") -> bytes:
     """A field of INFO replication as Redis writes it (redis-py's info() reads 000... as 0)."""
     return bytes(client.eval(f"return string.match(redis.call('INFO', 'replication'), '{field}:(%w+)')", 0))
+
+
+def _written_by(client: Any, key: str, replication_id: bytes | str) -> None:
+    """Make ``key`` look last written by the master ``replication_id``, its ID last read long ago."""
+    client.hset(key, "mr", replication_id)
+    client.hdel(key, "mc")
 
 
 def test_a_key_last_written_by_another_master_holds_its_schedule_once(make: Make, redis_client: Any) -> None:
@@ -370,7 +376,7 @@ def test_a_key_last_written_by_another_master_holds_its_schedule_once(make: Make
     bucket = make(rate=1000)
     reserve(bucket)
     assert redis_client.hget(bucket.key, "mr") == _replication_id(redis_client)
-    redis_client.hset(bucket.key, "mr", _replication_id(redis_client, "master_replid2"))
+    _written_by(redis_client, bucket.key, _replication_id(redis_client, "master_replid2"))
     held = reserve(bucket)
     assert 1.0 <= held.delay <= 1.2  # MOVE_HOLD (1.1 s) past the schedule
     after = reserve(bucket)
@@ -383,10 +389,10 @@ def test_a_key_from_before_replication_ids_were_kept_or_moved_by_migrate_is_not_
 ) -> None:
     bucket = make(rate=1000)
     reserve(bucket)
-    redis_client.hdel(bucket.key, "mr")  # a rolling upgrade: written by 0.2's scripts
+    redis_client.hdel(bucket.key, "mr", "mc")  # a rolling upgrade: written by 0.2's scripts
     assert reserve(bucket).delay < 0.5
     assert redis_client.hexists(bucket.key, "mr")
-    redis_client.hset(bucket.key, "mr", "another-masters-id")  # resharded from another master
+    _written_by(redis_client, bucket.key, "another-masters-id")  # resharded from another master
     assert reserve(bucket).delay < 0.5
     assert redis_client.hget(bucket.key, "mr") == _replication_id(redis_client)
 
@@ -394,10 +400,20 @@ def test_a_key_from_before_replication_ids_were_kept_or_moved_by_migrate_is_not_
 def test_a_refused_reservation_still_records_the_hold_so_it_does_not_slide(make: Make, redis_client: Any) -> None:
     bucket = make(rate=1000)
     reserve(bucket)
-    redis_client.hset(bucket.key, "mr", _replication_id(redis_client, "master_replid2"))
+    _written_by(redis_client, bucket.key, _replication_id(redis_client, "master_replid2"))
     assert bucket.reserve(max_wait=0) is None  # held: refused, but the hold is written
     time.sleep(0.3)
     assert 0.6 <= reserve(bucket).delay <= 0.9  # counted from the first call, not this one
+
+
+def test_the_master_is_checked_once_per_50_ms_per_key(make: Make, redis_client: Any) -> None:
+    # INFO costs the server a third of a reserve: read when the last read is 50 ms old.
+    bucket = make(rate=1000)
+    reserve(bucket)
+    redis_client.hset(bucket.key, "mr", _replication_id(redis_client, "master_replid2"))  # "mc" just written
+    assert reserve(bucket).delay < 0.5  # not read again yet
+    time.sleep(0.06)
+    assert reserve(bucket).delay >= 1.0  # read: held
 
 
 def test_an_acl_user_without_info_still_paces_but_is_not_held(
