@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._base import Bucket
@@ -24,6 +24,7 @@ from ._redis_handoff import FreeReservation
 from ._redis_steps import Command, Eval, Load, RedisSteps, drive
 from ._redis_urls import client_from_url
 from ._redis_wire import ClusterWire, Wire
+from ._window import Limit
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -99,6 +100,17 @@ class RedisTokenBucket(RedisSteps, Bucket):
             shared rate takes up to ``lease`` slots of the schedule per round
             trip and hands them out locally. The rate still holds; a leased
             token expires ``lease`` intervals after it became due. At most 10000.
+        limits: More windows that hold at the same time for every process on
+            the key together, e.g. ``[Limit(10_000, 3600)]`` for an hourly
+            quota: at most ``count`` calls in any ``seconds``, on Redis's clock.
+            The per-second rate stays as above; a call waits for the later
+            of the two. Each limit is counted in 64 sub-windows of
+            ``seconds / 64`` (one hash field, whatever the count): windows are
+            over-counted, never under, so a call may wait up to one
+            sub-window longer than an exact count would make it. A cut of the
+            rate leaves the counts as declared. A cancelled reservation not yet
+            due leaves the windows (else it counts until they pass). The
+            fallback gets ``local_share`` of each count, at least 1.
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set). Every process on a
@@ -128,6 +140,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
         timeout: float = 0.05,
         cooldown: float = 2.0,
         lease: int = 1,
+        limits: Iterable[Limit] = (),
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
         service_name: str | None = None,
@@ -141,6 +154,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
             timeout=timeout,
             cooldown=cooldown,
             lease=lease,
+            limits=limits,  # type: ignore[arg-type] # Settings checks it into a tuple
         )
         super().__init__(settings, rate, clock, adaptive)
         made, self._cluster = sync_client(client, service_name, self._key, settings.timeout)
