@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -90,6 +91,20 @@ def test_bad_limits_are_refused_naming_the_field(redis_server: RedisServer, limi
             cls.from_url(redis_server.url, key="k", rate=10, limits=limits)
     with pytest.raises(ValueError, match="count must be a whole number"):
         Limit(0, 1.0)
+
+
+def test_a_window_shorter_than_64_microseconds_is_refused(redis_server: RedisServer) -> None:
+    with pytest.raises(ValueError, match=r"^limits: seconds must be at least 6.4e-05 on a Redis bucket"):
+        RedisTokenBucket.from_url(redis_server.url, key="k", rate=10, limits=[Limit(5, 1.0), Limit(1, 1e-5)])
+
+
+def test_the_python_twin_uses_the_scripts_constants() -> None:
+    common = SCRIPTS["reserve"]
+    for name in ("SUBWINDOWS", "PAST_EDGE"):
+        match = re.search(rf"^local {name} = (\S+)", common, re.MULTILINE)
+        assert match is not None and float(match.group(1)) == getattr(_redis_windows, name)
+    assert re.search(r"^local MAX_ENTRIES = SUBWINDOWS \+ 1$", common, re.MULTILINE)
+    assert _redis_windows.MAX_ENTRIES == _redis_windows.SUBWINDOWS + 1
 
 
 def test_the_limits_are_encoded_once_and_their_counts_share_the_buckets_slot() -> None:
@@ -287,6 +302,19 @@ def test_a_reservation_moved_by_a_cut_counts_where_it_lands(make: Make, redis_cl
     pairs = counts(redis_client, bucket._windows_key)["100:10000000.0"]
     assert sum(c for _, c in pairs) == 6  # five where they were, and the last once more where it went
     assert max(i for i, _ in pairs) == math.floor(due_us(last) / (limit.seconds * 1e6 / 64))
+
+
+def test_leased_slots_fit_the_smallest_count_and_every_window(make: Make) -> None:
+    limit = Limit(4, 0.5)
+    bucket = make(rate=1000, capacity=1, lease=64, limits=[limit, Limit(1000, 60)])
+    assert bucket._pool is not None and bucket._pool.limit == 4
+    ready, leased = [], 0
+    end = time.monotonic() + 1.2
+    while (r := bucket.reserve(max_wait=max(end - time.monotonic(), 0.0))) is not None:
+        ready.append(r.ready_at)
+        leased += isinstance(r, RedisReservation) and r._slot is not None
+    assert leased and 8 <= len(ready) <= 12  # 4 per half second, leased or not
+    assert most_in_any_window(ready, limit.seconds - 0.05) <= limit.count  # the local clock: bar the round trips
 
 
 def test_the_fallback_gets_its_share_of_each_count(redis_server: RedisServer) -> None:

@@ -142,8 +142,10 @@ class RedisBucketBase(SharedAdaptation):
             self._logger,
             settings.on_failure,
         )
-        #: Leased slots, with lease > 1.
-        self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
+        #: Leased slots, with lease > 1. A round trip's slots are checked against the limits
+        #: together (lua/reserve.lua), so there are never more than the smallest count.
+        lease = min([settings.lease, *(limit.count for limit in settings.limits)])
+        self._pool = LeasePool(lease) if lease > 1 else None
         #: Cuts of the shared rate seen in replies (or made here) so far.
         self._cuts_seen = 0
         #: What to fix, for the last outage that a setup mistake causes too (READONLY).

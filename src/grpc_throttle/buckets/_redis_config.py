@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any, Literal
 
 from .. import _checks
-from ._redis_windows import encode
+from ._redis_windows import MIN_SECONDS, encode
 from ._window import Limit, check_limits
 
 #: Prefix of every Redis key grpc-throttle writes.
@@ -185,6 +185,12 @@ class Settings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "limits", check_limits(self.limits))
+        for limit in self.limits:
+            if limit.seconds < MIN_SECONDS:
+                raise ValueError(
+                    f"limits: seconds must be at least {MIN_SECONDS:g} on a Redis bucket "
+                    f"(sub-windows of a microsecond), got {limit!r}"
+                )
         if not isinstance(self.key, str) or not self.key.strip():
             raise ValueError(f"key must be a non-empty str, got {self.key!r}")
         _checks.at_least("capacity", self.capacity, 1)

@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 
 from ._window import Limit
 
-__all__ = ["MAX_ENTRIES", "SUBWINDOWS", "Ring", "earliest", "encode"]
+__all__ = ["MAX_ENTRIES", "MIN_SECONDS", "SUBWINDOWS", "Ring", "earliest", "encode"]
 
 #: Sub-windows per limit: the finer, the closer to an exact log (and the more work per call).
 SUBWINDOWS = 64
 #: The most ``index:count`` pairs kept per limit: every sub-window a window can touch.
 MAX_ENTRIES = SUBWINDOWS + 1
+#: The shortest window accepted, seconds: a sub-window of a microsecond, Redis's ``TIME`` resolution.
+MIN_SECONDS = SUBWINDOWS * 1e-6
 #: Microseconds past a sub-window's start at which a send waiting for it is placed: Redis
 #: times near 1.8e15 us are exact to 0.25 us, and this keeps the send inside that sub-window.
 PAST_EDGE = 2.0

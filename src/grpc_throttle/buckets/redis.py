@@ -110,7 +110,10 @@ class RedisTokenBucket(RedisSteps, Bucket):
             sub-window longer than an exact count would make it. A cut of the
             rate leaves the counts as declared. A cancelled reservation not yet
             due leaves the windows (else it counts until they pass). The
-            fallback gets ``local_share`` of each count, at least 1.
+            fallback gets ``local_share`` of each count, at least 1, and a
+            ``lease`` is at most the smallest count. Each window is at least
+            64 microseconds long. :meth:`available` counts the rate's tokens
+            only; ``try_acquire`` heeds the limits too.
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set). Every process on a
@@ -231,7 +234,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
         return True
 
     def available(self) -> float:
-        """Tokens that could be taken now without waiting (negative when queued)."""
+        """Tokens the rate allows now without waiting (negative when queued); ``limits`` are not counted."""
         return drive(self._available(), self._command)
 
     def set_effective_rate(self, value: float) -> None:

@@ -185,7 +185,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         return True
 
     async def available(self) -> float:
-        """Tokens that could be taken now without waiting (negative when queued)."""
+        """Tokens the rate allows now without waiting (negative when queued); ``limits`` are not counted."""
         return await adrive(self._available(), self._command)
 
     async def set_effective_rate(self, value: float) -> None:
