@@ -217,15 +217,16 @@ local function windows_load(wkey, spec, now)
   for j, w in ipairs(ws) do
     w.field = fields[j]
     local low = math.floor(now / w.g) - SUBWINDOWS
-    local idx, cnt = {}, {}
-    for i, c in string.gmatch(raw[j] or '', '([^:;]+):([^;]+)') do
+    local idx, cnt, txt = {}, {}, {}
+    for pair, i, c in string.gmatch(raw[j] or '', '(([^:;]+):([^;]+))') do
       i = tonumber(i)
       if i >= low then
         idx[#idx + 1] = i
         cnt[#cnt + 1] = tonumber(c)
+        txt[#txt + 1] = pair -- written back as read unless changed (formatting costs most)
       end
     end
-    w.idx, w.cnt = idx, cnt
+    w.idx, w.cnt, w.txt = idx, cnt, txt
   end
   return ws
 end
@@ -273,21 +274,25 @@ end
 local function windows_add(ws, t, tokens)
   for _, w in ipairs(ws) do
     local i = math.floor(t / w.g)
-    local idx, cnt = w.idx, w.cnt
+    local idx, cnt, txt = w.idx, w.cnt, w.txt
     local k = #idx
     while k > 0 and idx[k] > i do
       k = k - 1
     end
     if k > 0 and idx[k] == i then
       cnt[k] = cnt[k] + tokens
+      txt[k] = false
     else
       table.insert(idx, k + 1, i)
       table.insert(cnt, k + 1, tokens)
+      table.insert(txt, k + 1, false)
     end
     while #idx > MAX_ENTRIES do
       cnt[2] = cnt[2] + cnt[1]
+      txt[2] = false
       table.remove(idx, 1)
       table.remove(cnt, 1)
+      table.remove(txt, 1)
     end
   end
 end
@@ -299,7 +304,7 @@ local function windows_store(wkey, ws, now, last)
   for _, w in ipairs(ws) do
     local parts = {}
     for k = 1, #w.idx do
-      parts[k] = fmt(w.idx[k]) .. ':' .. fmt(w.cnt[k])
+      parts[k] = w.txt[k] or (fmt(w.idx[k]) .. ':' .. fmt(w.cnt[k]))
     end
     args[#args + 1] = w.field
     args[#args + 1] = table.concat(parts, ';')

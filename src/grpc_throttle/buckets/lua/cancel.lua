@@ -38,6 +38,7 @@ if ARGV[6] then
       for k = 1, #w.idx do
         if w.idx[k] == i and w.cnt[k] >= tokens then
           w.cnt[k] = w.cnt[k] - tokens
+          w.txt[k] = false
           changed = true
         end
       end
