@@ -42,8 +42,10 @@ class RedisTokenBucket(RedisSteps, Bucket):
     (``TIME``), so hosts whose clocks disagree still share one schedule.
 
     State is one hash per key (``grpc-throttle:<key>``) holding the schedule,
-    the shared effective rate and an epoch; it expires on its own once idle.
-    Every process on a key should use the same rate and capacity. Needs Redis
+    the shared effective rate and an epoch, and with ``limits`` a second one
+    (``{grpc-throttle:<key>}:windows``, at most 65 counts per limit); both
+    expire on their own once idle. Every process on a key should use the
+    same rate, capacity and limits. Needs Redis
     >= 6: the scripts read ``TIME`` and then write, which Redis < 5 replicates
     only after ``redis.replicate_commands()``.
 
@@ -108,9 +110,11 @@ class RedisTokenBucket(RedisSteps, Bucket):
             ``seconds / 64`` (one hash field, whatever the count): windows are
             over-counted, never under, so a call may wait up to one
             sub-window longer than an exact count would make it. A cut of the
-            rate leaves the counts as declared. A cancelled reservation not yet
-            due leaves the windows (else it counts until they pass). The
-            fallback gets ``local_share`` of each count, at least 1, and a
+            rate leaves the counts as declared; a slot it moves later counts
+            where it lands too (and still where it was). A reservation not yet
+            due that is cancelled leaves the windows (else it counts until they
+            pass). The fallback gets ``local_share`` of each count, at least 1 (its sends
+            are not counted in Redis's windows once Redis is back), and a
             ``lease`` is at most the smallest count. Each window is at least
             64 microseconds long. :meth:`available` counts the rate's tokens
             only; ``try_acquire`` heeds the limits too.
