@@ -277,6 +277,9 @@ def test_a_huge_count_keeps_at_most_max_entries_per_limit(make: Make, redis_clie
     assert stored["1000000:2592000000000.0"] == [(pytest.approx(stored["1000000:2592000000000.0"][0][0]), 300.0)]
     ttl = redis_client.pttl(bucket._windows_key)
     assert 30 * 86_400_000 < ttl <= 30 * 86_400_000 + 62_000  # the longest window past the last send, plus a minute
+    redis_client.pexpire(bucket._windows_key, 40 * 86_400_000)
+    bucket.reserve()
+    assert redis_client.pttl(bucket._windows_key) > 39 * 86_400_000  # never shortened
 
 
 def test_a_cancelled_reservation_leaves_the_window(make: Make, redis_client: Any) -> None:
@@ -293,7 +296,7 @@ def test_a_cancelled_reservation_leaves_the_window(make: Make, redis_client: Any
 
 def test_a_reservation_moved_by_a_cut_counts_where_it_lands(make: Make, redis_client: Any) -> None:
     limit = Limit(100, 10.0)  # sub-windows of 156 ms
-    bucket = make(rate=10, capacity=1, limits=[limit])
+    bucket = make(rate=10, capacity=1, limits=[limit, Limit(1000, 3600)])
     reservations = [bucket.reserve() for _ in range(5)]  # 0 to 0.4 s
     bucket.set_effective_rate(2)  # the queue stretches five-fold
     last = reservations[-1]
@@ -302,6 +305,7 @@ def test_a_reservation_moved_by_a_cut_counts_where_it_lands(make: Make, redis_cl
     pairs = counts(redis_client, bucket._windows_key)["100:10000000.0"]
     assert sum(c for _, c in pairs) == 6  # five where they were, and the last once more where it went
     assert max(i for i, _ in pairs) == math.floor(due_us(last) / (limit.seconds * 1e6 / 64))
+    assert redis_client.pttl(bucket._windows_key) > 3_600_000  # the hourly limit's counts kept their time
 
 
 def test_leased_slots_fit_the_smallest_count_and_every_window(make: Make) -> None:

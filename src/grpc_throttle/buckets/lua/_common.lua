@@ -299,7 +299,8 @@ local function windows_add(ws, t, tokens)
 end
 
 -- Write the counts back. With last (the latest send counted), the hash lives
--- until that send has left the longest window, plus a minute.
+-- until that send has left the longest window, plus a minute, or longer if it
+-- already would: a send counted further ahead (a queue) must not be forgotten.
 local function windows_store(wkey, ws, now, last)
   local args, longest = {}, 0
   for _, w in ipairs(ws) do
@@ -313,7 +314,9 @@ local function windows_store(wkey, ws, now, last)
   end
   redis.call('HSET', wkey, unpack(args))
   if last then
-    local ttl = math.ceil((math.max(last, now) - now + longest) / 1000) + 60000
-    redis.call('PEXPIRE', wkey, string.format('%.0f', math.min(ttl, MAX_TTL_MS)))
+    local ttl = math.min(math.ceil((math.max(last, now) - now + longest) / 1000) + 60000, MAX_TTL_MS)
+    if redis.call('PTTL', wkey) < ttl then -- PEXPIRE's GT needs Redis 7
+      redis.call('PEXPIRE', wkey, string.format('%.0f', ttl))
+    end
   end
 end

@@ -41,7 +41,7 @@ if ep < s.ep then
       end
       if #moved > 0 then
         windows_add(moved, due, tonumber(ARGV[7]))
-        windows_store(KEYS[2], moved, now, due)
+        windows_store(KEYS[2], ws, now, due)
       end
     end
   end
