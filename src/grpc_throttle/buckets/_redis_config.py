@@ -25,10 +25,14 @@ MAX_LEASE = 10_000
 #: What a bucket does while Redis is unreachable (see RedisTokenBucket).
 FailurePolicy = Literal["local", "allow", "fail"]
 _POLICIES = ("local", "allow", "fail")
-#: The operations, one Lua script each, in ``lua/``; ``_common.lua`` is prepended.
+#: The operations, one Lua script each, in ``lua/``; ``_common.lua`` is prepended, and
+#: ``_windows.lua`` (the counts of ``limits``) too for those that take limits.
 _LUA = resources.files(__package__) / "lua"
+_WINDOWED = ("reserve", "cancel", "due")
 SCRIPTS = {
-    name: (_LUA / "_common.lua").read_text("utf-8") + (_LUA / f"{name}.lua").read_text("utf-8")
+    name: (_LUA / "_common.lua").read_text("utf-8")
+    + ((_LUA / "_windows.lua").read_text("utf-8") if name in _WINDOWED else "")
+    + (_LUA / f"{name}.lua").read_text("utf-8")
     for name in ("reserve", "cancel", "set_rate", "state", "due")
 }
 #: Their SHA1 digests, as EVALSHA names them.

@@ -17,7 +17,7 @@ over-counted, never under-counted: a send waits at most one sub-window
 tokens value above ``count`` waits until the window is empty (as
 ``TokenBucket`` does).
 
-Memory is one hash field per limit (``lua/_common.lua``, ``windows_*``), holding
+Memory is one hash field per limit (``lua/_windows.lua``), holding
 at most :data:`MAX_ENTRIES` ``index:count`` pairs whatever the count: pairs
 older than the window are dropped, and when more are kept (a queue planned
 further ahead than a window), the oldest is merged into the next one, counted
