@@ -23,7 +23,7 @@ import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
 
-from grpc_throttle import AdaptiveRate, ThrottledChannel, ThrottlingInterceptor, TokenBucket
+from grpc_throttle import AdaptiveRate, Limit, ThrottledChannel, ThrottlingInterceptor, TokenBucket
 from grpc_throttle.buckets.redis import RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
 from grpc_throttle.testing import echo_pb2, echo_pb2_grpc
@@ -81,7 +81,7 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
             # The contract shared with Redis is its even schedule (burst 1 unless
             # a capacity is given); the local bucket's window-shaped schedule and
             # learned bursts are pinned in test_windows.py and test_token_bucket.py.
-            local = {k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive")}
+            local = {k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive", "limits")}
             local.setdefault("capacity", 1)
             return TokenBucket(**local)
         if backend in ("redis", "sentinel", "tls", "valkey"):
@@ -156,6 +156,30 @@ def test_the_rate_holds_over_a_window_for_many_threads(make: Make) -> None:
     # once, Redis spaces them evenly; both keep up at least 60 % of the rate.
     assert len(admitted) >= 0.6 * rate * window
     assert most_in_any_window(admitted, 0.9) <= rate + 1
+
+
+def test_a_limit_holds_over_its_window_for_many_threads(make: Make) -> None:
+    limit = Limit(4, 0.6)
+    bucket = make(rate=100, limits=[limit])
+    end = time.monotonic() + 1.0
+    admitted: list[float] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while (r := bucket.reserve(max_wait=max(end - time.monotonic(), 0))) is not None:
+            time.sleep(r.delay)
+            with lock:
+                admitted.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(15)
+    # Four at once, four more once the first have left the window (and no third
+    # window begins within the second); the sleeps' jitter is allowed for.
+    assert len(admitted) == 2 * limit.count
+    assert most_in_any_window(admitted, limit.seconds - 0.05) <= limit.count
 
 
 def test_reservations_are_served_in_order_one_interval_apart(make: Make) -> None:

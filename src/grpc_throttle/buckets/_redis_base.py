@@ -79,9 +79,11 @@ class RedisReservation(BucketReservation):
         self._bucket._cancel(self)
 
     def _cancel_args(self) -> list[str]:
-        """The cancel script's arguments."""
+        """The cancel script's arguments (with limits: the tokens to take off the windows, and the limits)."""
         start, end, due, epoch = self._place
-        return [repr(start), repr(end), str(epoch), repr(due)]
+        args = [repr(start), repr(end), str(epoch), repr(due)]
+        limits = self._bucket._limits_arg
+        return [*args, repr(self.tokens), limits] if limits else args
 
     def __repr__(self) -> str:
         return f"<RedisReservation tokens={self.tokens:g} delay={self.delay:.6f}s>"
@@ -107,6 +109,11 @@ class RedisBucketBase(SharedAdaptation):
         self._key = settings.redis_key
         #: The cancelled reservations waiting for the tail to reach them (see lua/cancel.lua).
         self._holes_key = settings.holes_key
+        #: The limits as the scripts take them ('' for none), and the key of their counts.
+        self._limits_arg = settings.limits_arg
+        self._windows_key = settings.windows_key
+        #: The keys every script that reads the windows takes after the bucket's.
+        self._windows_keys = (self._windows_key,) if self._limits_arg else ()
         #: The rate and capacity as sent to the scripts.
         self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
         #: The reserve script's arguments in the common case (one token, no limit,
@@ -135,8 +142,10 @@ class RedisBucketBase(SharedAdaptation):
             self._logger,
             settings.on_failure,
         )
-        #: Leased slots, with lease > 1.
-        self._pool = LeasePool(settings.lease) if settings.lease > 1 else None
+        #: Leased slots, with lease > 1. A round trip's slots are checked against the limits
+        #: together (lua/reserve.lua), so there are never more than the smallest count.
+        lease = min([settings.lease, *(limit.count for limit in settings.limits)])
+        self._pool = LeasePool(lease) if lease > 1 else None
         #: Cuts of the shared rate seen in replies (or made here) so far.
         self._cuts_seen = 0
         #: What to fix, for the last outage that a setup mistake causes too (READONLY).
@@ -239,7 +248,8 @@ class RedisBucketBase(SharedAdaptation):
     def _reserve_args(self, tokens: float, max_wait: float, extra: int) -> Sequence[str | bytes]:
         eff = self._pending_eff
         not_before = self._handoff.not_before()
-        if tokens == 1 and max_wait == math.inf and not extra and eff is None and not not_before:
+        limits = self._limits_arg
+        if tokens == 1 and max_wait == math.inf and not extra and eff is None and not not_before and not limits:
             return self._plain_args
         args = [
             self._rate_arg,
@@ -249,8 +259,10 @@ class RedisBucketBase(SharedAdaptation):
             str(extra),
             "" if eff is None else repr(eff),
         ]
-        if not_before:
-            args.append(repr(not_before * 1e6))
+        if not_before or limits:
+            args.append(repr(not_before * 1e6) if not_before else "")
+        if limits:
+            args.append(limits)
         return args
 
     def _accept(self, reply: Any, args: Sequence[str | bytes], extra: int) -> RedisReservation | None:
@@ -312,7 +324,10 @@ class RedisBucketBase(SharedAdaptation):
             return None
         reservation._seen = self._cuts_seen
         start, end, due, epoch = reservation._place
-        return [self._rate_arg, self._capacity_arg, repr(start), repr(end), repr(due), str(epoch)]
+        args = [self._rate_arg, self._capacity_arg, repr(start), repr(end), repr(due), str(epoch)]
+        if self._limits_arg:  # a slot moved later is counted where it lands too
+            args += [repr(reservation.tokens), self._limits_arg]
+        return args
 
     def _moved(self, reservation: RedisReservation, reply: Any) -> float:
         """Take the due script's ``ep start end due now`` reply; the seconds left."""
@@ -334,7 +349,8 @@ class RedisBucketBase(SharedAdaptation):
         name = type(self).__name__
         state = "shared" if self.shared else f"down, on_failure={self._settings.on_failure!r}"
         lease = f" lease={self._settings.lease}" if self._pool is not None else ""
+        limits = "".join(f" limit={limit.count}/{limit.seconds:g}s" for limit in self._settings.limits)
         return (
             f"<{name} key={self.key!r} rate={self._view.rate:g}/{self._rate:g}/s "
-            f"capacity={self.capacity:g}{lease} {state}>"
+            f"capacity={self.capacity:g}{lease}{limits} {state}>"
         )

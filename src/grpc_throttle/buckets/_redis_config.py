@@ -12,6 +12,8 @@ from importlib import resources
 from typing import Any, Literal
 
 from .. import _checks
+from ._redis_windows import MIN_SECONDS, encode
+from ._window import Limit, check_limits
 
 #: Prefix of every Redis key grpc-throttle writes.
 KEY_PREFIX = "grpc-throttle:"
@@ -23,17 +25,22 @@ MAX_LEASE = 10_000
 #: What a bucket does while Redis is unreachable (see RedisTokenBucket).
 FailurePolicy = Literal["local", "allow", "fail"]
 _POLICIES = ("local", "allow", "fail")
-#: The operations, one Lua script each, in ``lua/``; ``_common.lua`` is prepended.
+#: The operations, one Lua script each, in ``lua/``; ``_common.lua`` is prepended, and
+#: ``_windows.lua`` (the counts of ``limits``) too for those that take limits.
 _LUA = resources.files(__package__) / "lua"
+_WINDOWED = ("reserve", "cancel", "due")
 SCRIPTS = {
-    name: (_LUA / "_common.lua").read_text("utf-8") + (_LUA / f"{name}.lua").read_text("utf-8")
+    name: (_LUA / "_common.lua").read_text("utf-8")
+    + ((_LUA / "_windows.lua").read_text("utf-8") if name in _WINDOWED else "")
+    + (_LUA / f"{name}.lua").read_text("utf-8")
     for name in ("reserve", "cancel", "set_rate", "state", "due")
 }
 #: Their SHA1 digests, as EVALSHA names them.
 SHAS = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}
 #: Key patterns covering every key a bucket uses (the ``~`` patterns of an ACL user): the
-#: hash ``grpc-throttle:<key>`` and its holes, ``{grpc-throttle:<key>}:holes`` or, for a key
-#: with a hash tag of its own, ``grpc-throttle:<key>:holes`` (see Settings.holes_key).
+#: hash ``grpc-throttle:<key>``, its holes, ``{grpc-throttle:<key>}:holes`` or, for a key
+#: with a hash tag of its own, ``grpc-throttle:<key>:holes`` (see Settings.holes_key), and
+#: the counts of its ``limits`` (``:windows`` in the same way).
 ACL_KEY_PATTERNS = ("grpc-throttle:*", "{grpc-throttle:*")
 #: Every command a bucket needs (the ``+`` commands of an ACL user): those it sends
 #: (EVALSHA, SCRIPT LOAD, and TYPE to explain a refused script) and those its Lua
@@ -177,8 +184,17 @@ class Settings:
     timeout: float
     cooldown: float
     lease: int
+    #: The quota windows beyond the rate (see _redis_windows), checked into a tuple.
+    limits: tuple[Limit, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "limits", check_limits(self.limits))
+        for limit in self.limits:
+            if limit.seconds < MIN_SECONDS:
+                raise ValueError(
+                    f"limits: seconds must be at least {MIN_SECONDS:g} on a Redis bucket "
+                    f"(sub-windows of a microsecond), got {limit!r}"
+                )
         if not isinstance(self.key, str) or not self.key.strip():
             raise ValueError(f"key must be a non-empty str, got {self.key!r}")
         _checks.at_least("capacity", self.capacity, 1)
@@ -228,6 +244,17 @@ class Settings:
         """
         key = self.redis_key
         return key + ":holes" if _has_hash_tag(key) else "{" + key + "}:holes"
+
+    @property
+    def windows_key(self) -> str:
+        """The key of the ``limits`` windows' counts (see _redis_windows), beside the holes."""
+        key = self.redis_key
+        return key + ":windows" if _has_hash_tag(key) else "{" + key + "}:windows"
+
+    @property
+    def limits_arg(self) -> str:
+        """The ``limits`` as the scripts take them, or ``""`` without limits."""
+        return encode(self.limits)
 
 
 def _has_hash_tag(key: str) -> bool:

@@ -23,6 +23,7 @@ from ._base import BucketReservation
 from ._cubic import AdaptiveRate
 from ._redis_adapt import FallbackRound
 from ._redis_config import Settings
+from ._window import Limit
 from .local import Reservation, TokenBucket
 
 __all__ = ["FreeReservation", "Handoff"]
@@ -59,9 +60,16 @@ class Handoff:
         self, settings: Settings, rate: float, adaptive: AdaptiveRate | None, clock: Callable[[], float]
     ) -> None:
         share = settings.local_share
-        #: The fallback for on_failure="local": local_share of the rate and of the burst
-        #: (processes falling back together must not burst capacity each); it adapts on its own.
-        self.local = TokenBucket(rate * share, max(1.0, settings.capacity * share), adaptive=adaptive, clock=clock)
+        #: The fallback for on_failure="local": local_share of the rate, of the burst and of
+        #: each limit's count, at least 1 (processes falling back together must not burst
+        #: capacity each); it adapts on its own.
+        self.local = TokenBucket(
+            rate * share,
+            max(1.0, settings.capacity * share),
+            limits=[Limit(max(1, math.floor(limit.count * share)), limit.seconds) for limit in settings.limits],
+            adaptive=adaptive,
+            clock=clock,
+        )
         #: What a call gets while Redis is down.
         self._policy = settings.on_failure
         #: The monotonic clock of every mark.

@@ -113,7 +113,7 @@ class RedisSteps(RedisBucketBase):
             if leased is not None or extra == TOO_LATE:
                 return leased
         args = self._reserve_args(tokens, max_wait, extra)
-        reply = yield from self._run("reserve", args)
+        reply = yield from self._run("reserve", args, self._windows_keys)
         if reply is DOWN:
             if self._settings.on_failure == "fail":
                 raise self._unavailable()
@@ -151,13 +151,13 @@ class RedisSteps(RedisBucketBase):
         args = self._due_args(reservation)
         if args is None:
             return self._left(reservation)
-        reply = yield from self._run_quietly("due", args)
+        reply = yield from self._run_quietly("due", args, self._windows_keys)
         return self._left(reservation) if reply is None else self._moved(reservation, reply)
 
     def _give_back(self, reservation: RedisReservation) -> Step[None]:
         """Tell Redis a cancelled reservation's tokens are free (best effort: they expire anyway)."""
         try:
-            yield from self._run("cancel", reservation._cancel_args(), (self._holes_key,))
+            yield from self._run("cancel", reservation._cancel_args(), (self._holes_key, *self._windows_keys))
         except BucketUnavailableError as error:
             self._logger.debug("cancel on %r failed: %s", self.key, error)
 
@@ -183,10 +183,10 @@ class RedisSteps(RedisBucketBase):
         self._breaker.succeeded()
         return reply
 
-    def _run_quietly(self, name: str, args: list[str]) -> Step[Any]:
+    def _run_quietly(self, name: str, args: list[str], more_keys: Sequence[str] = ()) -> Step[Any]:
         """Run a script whose failure changes nothing for the caller: None when down or refused (logged)."""
         try:
-            reply = yield from self._run(name, args)
+            reply = yield from self._run(name, args, more_keys)
         except BucketUnavailableError as error:
             self._logger.debug("%s on %r failed: %s", name, self.key, error)
             return None

@@ -31,11 +31,12 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from .. import _checks
 
-__all__ = ["MAX_ENTRIES", "PRUNE_EVERY", "Limit", "Window", "WindowLog", "rate_window"]
+__all__ = ["MAX_ENTRIES", "PRUNE_EVERY", "Limit", "Window", "WindowLog", "check_limits", "rate_window"]
 
 #: Live sends kept exactly before older ones are merged (see the module doc).
 MAX_ENTRIES = 16_384
@@ -81,6 +82,17 @@ class Limit:
     def rate(self) -> float:
         """The window's average rate, calls per second."""
         return self.count / self.seconds
+
+
+def check_limits(limits: object) -> tuple[Limit, ...]:
+    """``limits`` as a tuple, or ValueError naming the field (every bucket's ``limits=`` check)."""
+    if isinstance(limits, Limit) or not isinstance(limits, Iterable):
+        raise ValueError(f"limits must be a list of Limit, got {limits!r}")
+    checked = tuple(limits)
+    for limit in checked:
+        if not isinstance(limit, Limit):
+            raise ValueError(f"limits must hold Limit objects, got {limit!r}")
+    return checked
 
 
 class Window(NamedTuple):

@@ -18,7 +18,7 @@ from ..events import EventHook, RateChanged, emit
 from . import _burst, _cubic
 from ._base import Bucket, BucketReservation, Listeners
 from ._cubic import AdaptiveRate
-from ._window import Limit, Window, WindowLog, rate_window
+from ._window import Limit, Window, WindowLog, check_limits, rate_window
 
 __all__ = ["DEFAULT_GUARD", "Reservation", "TokenBucket"]
 
@@ -152,12 +152,7 @@ class TokenBucket(Bucket):
         guard = _checks.non_negative("guard", guard)
         if guard > _MAX_GUARD:
             raise ValueError(f"guard must be a number in [0, {_MAX_GUARD:g}] seconds, got {guard!r}")
-        if isinstance(limits, Limit) or not isinstance(limits, Iterable):
-            raise ValueError(f"limits must be a list of Limit, got {limits!r}")
-        limits = tuple(limits)
-        for limit in limits:
-            if not isinstance(limit, Limit):
-                raise ValueError(f"limits must hold Limit objects, got {limit!r}")
+        limits = check_limits(limits)
         #: Lock guarding the state below; held only for arithmetic.
         self._lock = _fork.register(self)
         #: Monotonic clock in seconds.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._base import Bucket
@@ -24,6 +24,7 @@ from ._redis_handoff import FreeReservation
 from ._redis_steps import Command, Eval, Load, RedisSteps, drive
 from ._redis_urls import client_from_url
 from ._redis_wire import ClusterWire, Wire
+from ._window import Limit
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -41,8 +42,10 @@ class RedisTokenBucket(RedisSteps, Bucket):
     (``TIME``), so hosts whose clocks disagree still share one schedule.
 
     State is one hash per key (``grpc-throttle:<key>``) holding the schedule,
-    the shared effective rate and an epoch; it expires on its own once idle.
-    Every process on a key should use the same rate and capacity. Needs Redis
+    the shared effective rate and an epoch, and with ``limits`` a second one
+    (``{grpc-throttle:<key>}:windows``, at most 65 counts per limit); both
+    expire on their own once idle. Every process on a key should use the
+    same rate, capacity and limits. Needs Redis
     >= 6: the scripts read ``TIME`` and then write, which Redis < 5 replicates
     only after ``redis.replicate_commands()``.
 
@@ -99,6 +102,22 @@ class RedisTokenBucket(RedisSteps, Bucket):
             shared rate takes up to ``lease`` slots of the schedule per round
             trip and hands them out locally. The rate still holds; a leased
             token expires ``lease`` intervals after it became due. At most 10000.
+        limits: More windows that hold at the same time for every process on
+            the key together, e.g. ``[Limit(10_000, 3600)]`` for an hourly
+            quota: at most ``count`` calls in any ``seconds``, on Redis's clock.
+            The per-second rate stays as above; a call waits for the later
+            of the two. Each limit is counted in 64 sub-windows of
+            ``seconds / 64`` (one hash field, whatever the count): windows are
+            over-counted, never under, so a call may wait up to one
+            sub-window longer than an exact count would make it. A cut of the
+            rate leaves the counts as declared; a slot it moves later counts
+            where it lands too (and still where it was). A reservation not yet
+            due that is cancelled leaves the windows (else it counts until they
+            pass). The fallback gets ``local_share`` of each count, at least 1 (its sends
+            are not counted in Redis's windows once Redis is back), and a
+            ``lease`` is at most the smallest count. Each window is at least
+            64 microseconds long. :meth:`available` counts the rate's tokens
+            only; ``try_acquire`` heeds the limits too.
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set). Every process on a
@@ -128,6 +147,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
         timeout: float = 0.05,
         cooldown: float = 2.0,
         lease: int = 1,
+        limits: Iterable[Limit] = (),
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
         service_name: str | None = None,
@@ -141,6 +161,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
             timeout=timeout,
             cooldown=cooldown,
             lease=lease,
+            limits=limits,  # type: ignore[arg-type] # Settings checks it into a tuple
         )
         super().__init__(settings, rate, clock, adaptive)
         made, self._cluster = sync_client(client, service_name, self._key, settings.timeout)
@@ -217,7 +238,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
         return True
 
     def available(self) -> float:
-        """Tokens that could be taken now without waiting (negative when queued)."""
+        """Tokens the rate allows now without waiting (negative when queued); ``limits`` are not counted."""
         return drive(self._available(), self._command)
 
     def set_effective_rate(self, value: float) -> None:

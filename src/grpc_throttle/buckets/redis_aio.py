@@ -14,7 +14,7 @@ import inspect
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._base import AsyncBucket
@@ -26,6 +26,7 @@ from ._redis_handoff import FreeReservation
 from ._redis_loops import PerLoop
 from ._redis_steps import Command, Eval, Load, RedisSteps, Step, adrive
 from ._redis_urls import client_from_url
+from ._window import Limit
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -66,6 +67,9 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
             shared rate takes up to ``lease`` slots of the schedule per round
             trip and hands them out locally. The rate still holds; a leased
             token expires ``lease`` intervals after it became due.
+        limits: More windows that hold for every process on the key together,
+            e.g. ``[Limit(10_000, 3600)]``, kept in Redis as the sync bucket's
+            are (both share them on one key).
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set).
@@ -93,6 +97,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         timeout: float = 0.05,
         cooldown: float = 2.0,
         lease: int = 1,
+        limits: Iterable[Limit] = (),
         adaptive: AdaptiveRate | None = AdaptiveRate(),  # noqa: B008 - frozen, shared safely
         clock: Callable[[], float] = time.monotonic,
         service_name: str | None = None,
@@ -106,6 +111,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
             timeout=timeout,
             cooldown=cooldown,
             lease=lease,
+            limits=limits,  # type: ignore[arg-type] # Settings checks it into a tuple
         )
         super().__init__(settings, rate, clock, adaptive)
         make, self._cluster = async_recipe(client, service_name, self._key, settings.timeout)
@@ -179,7 +185,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         return True
 
     async def available(self) -> float:
-        """Tokens that could be taken now without waiting (negative when queued)."""
+        """Tokens the rate allows now without waiting (negative when queued); ``limits`` are not counted."""
         return await adrive(self._available(), self._command)
 
     async def set_effective_rate(self, value: float) -> None:

@@ -1,6 +1,7 @@
 -- Shared by every grpc-throttle bucket script: prepended to each one on load.
 --
--- A bucket is one hash holding O(1) state:
+-- A bucket is one hash holding O(1) state (with limits=, their counts are
+-- kept in a second hash: see _windows.lua):
 --   tat  theoretical arrival time in microseconds of Redis time (see _gcra.py)
 --   iv   microseconds per token at the rate in force when tat was written
 --   eff  the shared effective rate (tokens/s), absent until someone sets it

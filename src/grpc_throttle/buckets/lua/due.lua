@@ -5,6 +5,7 @@
 -- ARGV[1]  the caller's configured rate (tokens/s), ARGV[2] capacity (tokens)
 -- ARGV[3]  the reservation's start, ARGV[4] its end, ARGV[5] when it was due
 --          (microseconds), ARGV[6] the epoch it was made in
+-- ARGV[7]  with limits: its tokens, ARGV[8] the limits, KEYS[2] their counts
 -- Returns 'ep start end due now'. When the changes since its epoch are no
 -- longer all kept, the place comes back as it was (its own epoch).
 local key = KEYS[1]
@@ -29,6 +30,20 @@ if ep < s.ep then
       due = carry(due, c[2], c[3], c[4], 0)
     end
     ep = s.ep
+    if ARGV[8] and due > now then -- counted where it now goes too (and still where it was)
+      local ws = windows_load(KEYS[2], ARGV[8], now)
+      local was = tonumber(ARGV[5])
+      local moved = {}
+      for _, w in ipairs(ws) do
+        if math.floor(due / w.g) ~= math.floor(was / w.g) then
+          moved[#moved + 1] = w
+        end
+      end
+      if #moved > 0 then
+        windows_add(moved, due, tonumber(ARGV[7]))
+        windows_store(KEYS[2], ws, now, due)
+      end
+    end
   end
 end
 return ep .. ' ' .. fmt(start) .. ' ' .. fmt(stop) .. ' ' .. fmt(due) .. ' ' .. now

@@ -7,7 +7,8 @@
 -- ARGV[5]  extra tokens leased right after these (default 0)
 -- ARGV[6]  a shared effective rate to store first, or '' to keep the stored one
 -- ARGV[7]  "not before": microseconds from now before which the caller must not
---          be served (its own fallback slots run until then), or absent
+--          be served (its own fallback slots run until then), or absent ('')
+-- ARGV[8]  the limits ('count:microseconds;...'), or absent; KEYS[2] their counts
 -- The common call sends only ARGV[1] and ARGV[2]: every argument costs the
 -- client more than the script.
 -- Returns "granted wait start iv ep start-now [rd [since k wm]]" (granted is 1
@@ -26,6 +27,17 @@ if not_before then -- due one interval after it at the earliest (due = end - cap
 end
 local new_tat = start + tokens * s.iv
 local wait = new_tat - capacity * s.iv - now
+local ws, at = nil, 0
+if ARGV[8] then -- the send, and any leased after it, must fit every window
+  ws = windows_load(KEYS[2], ARGV[8], now)
+  local t = now + math.max(wait, 0)
+  at = windows_earliest(ws, t, tokens + extra)
+  if at > t then -- later than the rate allows: the bucket is empty at that time
+    start = at + (capacity - tokens) * s.iv
+    new_tat = start + tokens * s.iv
+    wait = at - now
+  end
+end
 local granted = 1
 if wait <= EPS then
   wait = 0
@@ -34,6 +46,15 @@ elseif max_wait >= 0 and wait > max_wait then
 end
 if granted == 1 then
   s.tat = new_tat + extra * s.iv
+  if ws then
+    windows_add(ws, at, tokens)
+    local last = at
+    if extra > 0 then -- the leased slots are counted at the last of them
+      last = math.max(s.tat - capacity * s.iv, at)
+      windows_add(ws, last, extra)
+    end
+    windows_store(KEYS[2], ws, now, last)
+  end
 end
 if granted == 1 or s.rate_changed or s.curve_changed or s.mr then
   store(key, s, now, capacity)
