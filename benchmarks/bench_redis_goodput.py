@@ -8,6 +8,9 @@ quarter each) as that one user, every process through its own
 
 - shared Redis: ``RedisTokenBucket(key=same, rate=Q)`` in every process;
 - shared Redis, capacity=Q: the same with the burst the server allows (burst-Q row only);
+- shared Redis, capacity=Q + Limit(Q, 1 s): that burst, and at most Q sends in
+  any second (``limits=``), the schedule that fits a server counting a 1 s
+  window (burst-Q rows, every deployment);
 - unshared local: ``TokenBucket(rate=Q)`` in every process, i.e. 4·Q offered.
 
 Ideal wall time, for a client that gets every call through: (calls - B) / Q
@@ -57,7 +60,7 @@ DEPLOYMENTS = ("standalone", "cluster", "sentinel-failover")
 
 SUCCESS = 10000
 METADATA = (("authorization", "Key bench-redis"),)
-CLIENTS = ("shared Redis", "shared Redis, capacity=Q", "unshared local")
+CLIENTS = ("shared Redis", "shared Redis, capacity=Q", "shared Redis, capacity=Q + Limit(Q, 1 s)", "unshared local")
 TARGETS = "wall <= 1.05 x ideal, <= 0.5% answered throttled, nothing lost, most in 1 s <= Q + burst"
 
 
@@ -72,7 +75,7 @@ class _Attempts(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return continuation(details, request)
 
 
-def _redis_bucket(where: dict[str, Any], key: str, rate: float, capacity: float | None) -> Any:
+def _redis_bucket(where: dict[str, Any], key: str, rate: float, capacity: float | None, limits: list[Any]) -> Any:
     from grpc_throttle.buckets.redis import RedisTokenBucket
 
     if where["kind"] == "cluster":
@@ -80,8 +83,8 @@ def _redis_bucket(where: dict[str, Any], key: str, rate: float, capacity: float 
 
         nodes = [redis.cluster.ClusterNode(host, port) for host, port in where["nodes"]]
         client = redis.cluster.RedisCluster(startup_nodes=nodes)
-        return RedisTokenBucket(client, key=key, rate=rate, capacity=capacity)
-    return RedisTokenBucket.from_url(where["url"], key=key, rate=rate, capacity=capacity)
+        return RedisTokenBucket(client, key=key, rate=rate, capacity=capacity, limits=limits)
+    return RedisTokenBucket.from_url(where["url"], key=key, rate=rate, capacity=capacity, limits=limits)
 
 
 def client_process(
@@ -90,14 +93,15 @@ def client_process(
     """Child process: one interceptor over its bucket, ``threads`` threads, ``calls`` calls."""
     import grpc
 
-    from grpc_throttle import ThrottlingInterceptor, TokenBucket
+    from grpc_throttle import Limit, ThrottlingInterceptor, TokenBucket
 
     service_pb2, service_pb2_grpc = h.clarifai_stubs()
     rate, calls, threads = settings["rate"], settings["calls"], settings["threads"]
     capacity = rate if "capacity" in client else None
+    limits = [Limit(round(rate), 1.0)] if "Limit" in client else []
     bucket: Any
     if client.startswith("shared"):
-        bucket = _redis_bucket(where, key, rate, capacity)
+        bucket = _redis_bucket(where, key, rate, capacity, limits)
         bucket.available()  # connected, scripts loaded
     else:
         bucket = TokenBucket(rate=rate, capacity=capacity)
@@ -296,7 +300,7 @@ def main() -> None:
                 budget = args.budget * max(best, 1.0) + 10
                 clients = [c for c in CLIENTS if burst > 1 or "capacity" not in c]
                 if deployment != "standalone":
-                    clients = ["shared Redis"]
+                    clients = ["shared Redis", "shared Redis, capacity=Q + Limit(Q, 1 s)"]
                 runs: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
                 failover = servers if deployment == "sentinel-failover" else None
                 with h.ServerProcess(h.serve_emulator, q, "token-bucket", burst, 64) as emulator:

@@ -32,8 +32,10 @@ if ARGV[8] then -- the send, and any leased after it, must fit every window
   ws = windows_load(KEYS[2], ARGV[8], now)
   local t = now + math.max(wait, 0)
   at = windows_earliest(ws, t, tokens + extra)
-  if at > t then -- later than the rate allows: the bucket is empty at that time
-    start = at + (capacity - tokens) * s.iv
+  if at > t then -- later than the rate allows: sent at `at`, from the bucket as it is then
+    -- (GCRA's TAT' = max(TAT, t) + tokens * iv: the burst refills while the
+    -- windows hold the send, so a burst goes out again once a window frees)
+    start = math.max(start, at)
     new_tat = start + tokens * s.iv
     wait = at - now
   end
