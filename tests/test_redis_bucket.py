@@ -384,6 +384,17 @@ def test_a_key_last_written_by_another_master_holds_its_schedule_once(make: Make
     assert redis_client.hget(bucket.key, "mr") == _replication_id(redis_client)
 
 
+def test_after_a_failovers_hold_the_burst_starts_empty(make: Make, redis_client: Any) -> None:
+    # Held but full, capacity sends would go at once when the hold ends, beside
+    # the old master's last ones: the bucket is taken as empty, then held.
+    bucket = make(rate=10, capacity=5)
+    reserve(bucket)
+    _written_by(redis_client, bucket.key, _replication_id(redis_client, "master_replid2"))
+    delays = [reserve(bucket).delay for _ in range(3)]
+    assert delays[0] >= 1.1
+    assert all(b - a == pytest.approx(0.1, abs=0.02) for a, b in itertools.pairwise(delays)), delays
+
+
 def test_a_key_from_before_replication_ids_were_kept_or_moved_by_migrate_is_not_held(
     make: Make, redis_client: Any
 ) -> None:

@@ -198,9 +198,9 @@ def test_the_burst_goes_out_again_once_the_window_frees(make: Make) -> None:
     bucket = make(rate=100, capacity=5, limits=[Limit(5, 0.2)])
     first = [due_us(bucket.reserve()) for _ in range(5)]
     second = [due_us(bucket.reserve()) for _ in range(5)]
-    assert max(first) - min(first) < 1_000
+    assert max(first) - min(first) < 10_000  # due at once: each one round trip after the last
     assert second[0] - first[0] >= 200_000  # the window
-    assert second[-1] - second[0] < 2_000  # a burst again (one interval apart would be 40 ms)
+    assert second[-1] - second[0] < 10_000  # a burst again (one interval apart would be 40 ms)
 
 
 def test_a_limit_costs_at_most_one_sub_window_beyond_an_exact_count() -> None:

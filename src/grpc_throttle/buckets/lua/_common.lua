@@ -86,19 +86,21 @@ end
 -- _redis_wire.SENTINEL_RECHECK; a cluster client on its next error), so two
 -- schedules run at once. A promoted replica takes a new replication ID and
 -- keeps its old master's as master_replid2: the first script to find the key
--- last written under that ID pushes the schedule on by MOVE_HOLD, past what
--- the old master can hand out meanwhile. Every script records the master's ID
--- when it changes (s.mr is set only then, and every script that changes the
--- state stores it). A key moved by MIGRATE, or found on a restarted server,
--- has another ID but not its master's old one: it is not held. INFO costs the
--- server about 10 us, a third of a reserve's time inside Redis, so it is read
--- once per CHECK_US per key ('mc', when last read, on the key's master's
--- clock; a time ahead of this master's clock counts as due): a failover is
--- noticed within CHECK_US of the first call on the promoted replica.
+-- last written under that ID takes the bucket as empty and pushes its
+-- schedule on by MOVE_HOLD, past what the old master can hand out meanwhile
+-- (held but full, a burst of `capacity` would follow the hold at once).
+-- Every script records the master's ID when it changes (s.mr is set only
+-- then, and every script that changes the state stores it). A key moved by
+-- MIGRATE, or found on a restarted server, has another ID but not its
+-- master's old one: it is not held. INFO costs the server about 10 us, a
+-- third of a reserve's time inside Redis, so it is read once per CHECK_US per
+-- key ('mc', when last read, on the key's master's clock; a time ahead of
+-- this master's clock counts as due): a failover is noticed within CHECK_US
+-- of the first call on the promoted replica.
 local MOVE_HOLD_US = 1.1e6
 local CHECK_US = 5e4
 
-local function moved(s, stored, checked, now)
+local function moved(s, stored, checked, now, capacity)
   if checked and checked <= now and now - checked < CHECK_US then
     return
   end
@@ -110,7 +112,7 @@ local function moved(s, stored, checked, now)
   local id = string.match(info, 'master_replid:(%w+)')
   if id and id ~= stored then
     if stored and stored == string.match(info, 'master_replid2:(%w+)') then
-      s.tat = math.max(s.tat, now) + MOVE_HOLD_US
+      s.tat = math.max(s.tat, now + capacity * s.iv) + MOVE_HOLD_US -- empty, then held: no burst after
     end
     s.mr = id
   end
@@ -124,7 +126,6 @@ local function load(key, now, rate, new_eff, capacity)
   s.key = key
   s.exp, s.rd, s.wm, s.ld, s.k = tonumber(st[5]), tonumber(st[6]), tonumber(st[7]), tonumber(st[8]), tonumber(st[9])
   s.lm = tonumber(st[10])
-  moved(s, st[11] or nil, tonumber(st[12]), now)
   if new_eff then
     s.eff = new_eff
     s.rate_changed = true
@@ -134,6 +135,7 @@ local function load(key, now, rate, new_eff, capacity)
     end
   end
   retime(s, now, rate, capacity)
+  moved(s, st[11] or nil, tonumber(st[12]), now, capacity)
   return s
 end
 
