@@ -195,6 +195,8 @@ def one_run(
         for parent in pipes:
             if not parent.poll(120) or parent.recv() != "ready":
                 raise RuntimeError("a client process did not start")
+        if failover is not None:  # the last run's failover over (the old master a replica, in sync):
+            failover.wait_in_sync(sentinels=True)  # else this run's would start late, or after the run
         with ControlClient(target) as control:
             control.reset()
             start = time.time() + 0.5
