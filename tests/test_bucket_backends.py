@@ -134,9 +134,9 @@ def reserve(bucket: Bucket, tokens: float = 1, **kwargs: Any) -> Any:
     return reservation
 
 
-def test_the_rate_holds_over_a_window_for_many_threads(make: Make) -> None:
-    bucket, rate, window = make(rate=20), 20, 1.5
-    end = time.monotonic() + window
+def _admitted(bucket: Bucket, *, threads: int, seconds: float) -> list[float]:
+    """When each call went, from ``threads`` threads reserving and sleeping for ``seconds``."""
+    end = time.monotonic() + seconds
     admitted: list[float] = []
     lock = threading.Lock()
 
@@ -146,11 +146,17 @@ def test_the_rate_holds_over_a_window_for_many_threads(make: Make) -> None:
             with lock:
                 admitted.append(time.monotonic())
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for thread in threads:
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for thread in workers:
         thread.start()
-    for thread in threads:
+    for thread in workers:
         thread.join(15)
+    return admitted
+
+
+def test_the_rate_holds_over_a_window_for_many_threads(make: Make) -> None:
+    bucket, rate, window = make(rate=20), 20, 1.5
+    admitted = _admitted(bucket, threads=8, seconds=window)
     # Every backend's contract: no second holds more than the rate (+1 for the
     # edge of an even schedule). The local bucket may send a window's worth at
     # once, Redis spaces them evenly; both keep up at least 60 % of the rate.
@@ -161,21 +167,7 @@ def test_the_rate_holds_over_a_window_for_many_threads(make: Make) -> None:
 def test_a_limit_holds_over_its_window_for_many_threads(make: Make) -> None:
     limit = Limit(4, 0.6)
     bucket = make(rate=100, limits=[limit])
-    end = time.monotonic() + 1.0
-    admitted: list[float] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        while (r := bucket.reserve(max_wait=max(end - time.monotonic(), 0))) is not None:
-            time.sleep(r.delay)
-            with lock:
-                admitted.append(time.monotonic())
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(15)
+    admitted = _admitted(bucket, threads=4, seconds=1.0)
     # Four at once, four more once the first have left the window (and no third
     # window begins within the second); the sleeps' jitter is allowed for.
     assert len(admitted) == 2 * limit.count
