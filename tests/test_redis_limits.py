@@ -284,16 +284,16 @@ def test_a_huge_count_keeps_at_most_max_entries_per_limit(make: Make, redis_clie
     bucket = make(rate=200, capacity=1, limits=[limit, Limit(1_000_000, 30 * 86_400)])
     for _ in range(300):  # one send every 5 ms, 1.5 s ahead: 300 sub-windows of the first limit
         bucket.reserve()
-    stored = counts(redis_client, bucket._windows_key)
+    stored = counts(redis_client, bucket._windows_keys[0])
     assert len(stored) == 2
     assert all(len(pairs) <= MAX_ENTRIES for pairs in stored.values())
     assert sum(c for _, c in stored["1000000:200000.0"]) == 300  # merged, never dropped while ahead
     assert stored["1000000:2592000000000.0"] == [(pytest.approx(stored["1000000:2592000000000.0"][0][0]), 300.0)]
-    ttl = redis_client.pttl(bucket._windows_key)
+    ttl = redis_client.pttl(bucket._windows_keys[0])
     assert 30 * 86_400_000 < ttl <= 30 * 86_400_000 + 62_000  # the longest window past the last send, plus a minute
-    redis_client.pexpire(bucket._windows_key, 40 * 86_400_000)
+    redis_client.pexpire(bucket._windows_keys[0], 40 * 86_400_000)
     bucket.reserve()
-    assert redis_client.pttl(bucket._windows_key) > 39 * 86_400_000  # never shortened
+    assert redis_client.pttl(bucket._windows_keys[0]) > 39 * 86_400_000  # never shortened
 
 
 def test_a_cancelled_reservation_leaves_the_window(make: Make, redis_client: Any) -> None:
@@ -304,7 +304,7 @@ def test_a_cancelled_reservation_leaves_the_window(make: Make, redis_client: Any
     second.cancel()  # behind the third: its tokens stay a hole in the rate, but leave the window
     fourth = bucket.reserve()
     assert fourth is not None and fourth.delay < 1.8  # at the rate's 1.5 s, not the window's 2 s
-    assert sum(c for _, c in counts(redis_client, bucket._windows_key)["3:2000000.0"]) == 3
+    assert sum(c for _, c in counts(redis_client, bucket._windows_keys[0])["3:2000000.0"]) == 3
     del first, third
 
 
@@ -316,10 +316,10 @@ def test_a_reservation_moved_by_a_cut_counts_where_it_lands(make: Make, redis_cl
     last = reservations[-1]
     assert isinstance(last, RedisReservation)
     assert last.due_in() > 1.0
-    pairs = counts(redis_client, bucket._windows_key)["100:10000000.0"]
+    pairs = counts(redis_client, bucket._windows_keys[0])["100:10000000.0"]
     assert sum(c for _, c in pairs) == 6  # five where they were, and the last once more where it went
     assert max(i for i, _ in pairs) == math.floor(due_us(last) / (limit.seconds * 1e6 / 64))
-    assert redis_client.pttl(bucket._windows_key) > 3_600_000  # the hourly limit's counts kept their time
+    assert redis_client.pttl(bucket._windows_keys[0]) > 3_600_000  # the hourly limit's counts kept their time
 
 
 def test_leased_slots_fit_the_smallest_count_and_every_window(make: Make) -> None:

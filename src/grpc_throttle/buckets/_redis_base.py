@@ -109,11 +109,10 @@ class RedisBucketBase(SharedAdaptation):
         self._key = settings.redis_key
         #: The cancelled reservations waiting for the tail to reach them (see lua/cancel.lua).
         self._holes_key = settings.holes_key
-        #: The limits as the scripts take them ('' for none), and the key of their counts.
+        #: The limits as the scripts take them ('' for none).
         self._limits_arg = settings.limits_arg
-        self._windows_key = settings.windows_key
-        #: The keys every script that reads the windows takes after the bucket's.
-        self._windows_keys = (self._windows_key,) if self._limits_arg else ()
+        #: The keys every script that reads the windows takes after the bucket's (their counts).
+        self._windows_keys = (settings.windows_key,) if self._limits_arg else ()
         #: The rate and capacity as sent to the scripts.
         self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
         #: The reserve script's arguments in the common case (one token, no limit,

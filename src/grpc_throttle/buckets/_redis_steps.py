@@ -115,16 +115,14 @@ class RedisSteps(RedisBucketBase):
         args = self._reserve_args(tokens, max_wait, extra)
         reply = yield from self._run("reserve", args, self._windows_keys)
         if reply is DOWN:
-            if self._settings.on_failure == "fail":
-                raise self._unavailable()
+            self._unless_failing()
             return self._handoff.reserve(tokens, max_wait)
         return self._accept(reply, args, extra)
 
     def _available(self) -> Step[float]:
         reply = yield from self._run("state", [self._rate_arg, self._capacity_arg])
         if reply is DOWN:
-            if self._settings.on_failure == "fail":
-                raise self._unavailable()
+            self._unless_failing()
             return self._handoff.available(self.capacity)
         self._take_report(reply[1])
         return float(reply[0])
@@ -133,8 +131,7 @@ class RedisSteps(RedisBucketBase):
         value = self._set_pending(value)
         reply = yield from self._run("set_rate", [self._rate_arg, repr(value), self._capacity_arg])
         if reply is DOWN:
-            if self._settings.on_failure == "fail":
-                raise self._unavailable()
+            self._unless_failing()
             return
         self._take_report(reply, value)
 
@@ -248,9 +245,12 @@ class RedisSteps(RedisBucketBase):
             )
         return BucketUnavailableError(f"Redis refused the bucket script for {self.key!r}: {error}")
 
-    def _unavailable(self) -> BucketUnavailableError:
+    def _unless_failing(self) -> None:
+        """Redis is down: raise under ``on_failure="fail"``; the other policies go on without it."""
+        if self._settings.on_failure != "fail":
+            return
         fix = f"; if it persists: {self._fix}" if self._fix else ""
-        return BucketUnavailableError(
+        raise BucketUnavailableError(
             f"Redis bucket {self.key!r} is unavailable "
             f"({self._breaker.last_error or 'breaker open'}) and on_failure='fail'{fix}"
         )
