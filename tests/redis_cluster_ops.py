@@ -106,9 +106,16 @@ def slot_owner(cluster: RedisCluster, slot: int, *, seen_by: RedisServer | None 
 
 def replica_of(cluster: RedisCluster, master: RedisServer) -> RedisServer:
     """A replica of ``master``."""
+    # Asked of each replica itself: it knows its master at once, while the master's own
+    # table may not list it yet (gossip), which made this flaky on a busy machine.
     wanted = node_id(master)
-    line = next(line for line in _lines(master) if line.master_id == wanted)
-    return _by_port(cluster, line.port)
+    for node in cluster.nodes:
+        if node is master or not node.running:
+            continue
+        me = next(line for line in _lines(node) if "myself" in line.flags)
+        if me.master_id == wanted:
+            return node
+    raise LookupError(f"no replica of the master on port {master.port}")
 
 
 def wait_for_new_owner(cluster: RedisCluster, slot: int, old: RedisServer, timeout: float) -> RedisServer:
