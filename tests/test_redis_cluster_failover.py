@@ -24,8 +24,10 @@ from grpc_throttle.buckets.local import Reservation
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
 from grpc_throttle.errors import BucketUnavailableError
-from tests.redis_cluster_ops import key_exists, replica_of, role, slot_owner, wait_for_new_owner
+from tests.redis_cluster_ops import SLOT_REFRESH_LEAKS, key_exists, replica_of, role, slot_owner, wait_for_new_owner
 from tests.redis_server import RedisCluster, RedisServer, require_redis
+
+pytestmark = SLOT_REFRESH_LEAKS
 
 #: The buckets' rate: one interval (0.1 s) dwarfs a noisy machine's jitter.
 RATE = 10.0

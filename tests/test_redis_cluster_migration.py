@@ -24,8 +24,18 @@ from redis.crc import key_slot
 from grpc_throttle.buckets._redis_config import SHAS
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
-from tests.redis_cluster_ops import Migration, key_exists, masters, migrate_slot, node_id, slot_owner
+from tests.redis_cluster_ops import (
+    SLOT_REFRESH_LEAKS,
+    Migration,
+    key_exists,
+    masters,
+    migrate_slot,
+    node_id,
+    slot_owner,
+)
 from tests.redis_server import RedisCluster, RedisServer, free_port, require_redis
+
+pytestmark = SLOT_REFRESH_LEAKS
 
 #: The buckets' rate: slow enough that one interval (0.1 s) dwarfs a noisy machine's jitter.
 RATE = 10.0
