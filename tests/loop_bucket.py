@@ -75,6 +75,9 @@ class LoopBucket:
     def record_success(self) -> None:
         self._in_loop(self.bucket.record_success)
 
+    def hold_window(self, seconds: float) -> float | None:
+        return self._in_loop(lambda: self.bucket.hold_window(seconds))  # type: ignore[no-any-return]
+
     @property
     def rate(self) -> float:
         return float(self.bucket.rate)

@@ -10,6 +10,7 @@ sync drivers and both grpc.aio drivers. The emulator's long windows
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -31,8 +32,11 @@ from grpc_throttle import (
     ThrottlingInterceptor,
     TokenBucket,
 )
+from grpc_throttle.buckets.redis import RedisTokenBucket
+from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
 from grpc_throttle.testing import ClarifaiEmulator
 from tests.drivers import AIO_DRIVERS, SYNC_DRIVERS
+from tests.redis_server import RedisServer
 
 METADATA = (("authorization", "Key kinds"),)
 HOURLY, MONTHLY, SUCCESS = 11003, 11004, status_code_pb2.SUCCESS
@@ -168,6 +172,41 @@ def test_a_held_call_whose_deadline_ends_first_gets_the_answer_back(driver: str,
     assert other.calls(1, timeout=1.0) == [HOURLY]
     assert other.gave_up() == ["deadline"]
     assert emulator.counters().throttled == 1
+
+
+@pytest.mark.parametrize("emulator", [[(3, 1.5, HOURLY)]], indirect=True)
+def test_a_full_window_one_client_hears_of_holds_every_client_on_the_redis_key(
+    driver: str, emulator: ClarifaiEmulator, redis_server: RedisServer, bucket_key: str
+) -> None:
+    # A bare channel fills the window. The first client's call is answered
+    # 11003 and its Redis bucket holds the key; a second client (another
+    # process, its own interceptor and bucket on the key) calling meanwhile
+    # waits for the hold instead of hearing 11003 too. One 11003 in all.
+    other = service_pb2_grpc.V2Stub(grpc.insecure_channel(emulator.target))
+    for _ in range(3):
+        assert other.ListModelTypes(service_pb2.ListModelTypesRequest(), metadata=METADATA).status.code == SUCCESS
+    filled = time.monotonic()
+    policy = ThrottlePolicy(window_codes={HOURLY: 1.5})
+    kwargs: dict[str, Any] = {"key": bucket_key, "rate": 100, "limits": [Limit(3, 1.5)], "timeout": 1.0}
+    sync_bucket = RedisTokenBucket.from_url(redis_server.url, **kwargs)
+    aio_bucket = AsyncRedisTokenBucket.from_url(redis_server.url, **kwargs)
+    first = Client(driver, emulator.target, sync_bucket if driver in SYNC_DRIVERS else aio_bucket, throttle=policy)
+    second_bucket = RedisTokenBucket.from_url(redis_server.url, **kwargs)
+    second = Client(next(iter(SYNC_DRIVERS)), emulator.target, second_bucket)
+    answers: list[int] = []
+    try:
+        late = threading.Thread(target=lambda: (time.sleep(0.4), answers.extend(second.calls(1))))
+        late.start()
+        assert first.calls(1) == [SUCCESS]
+        late.join(10)
+        assert answers == [SUCCESS]
+        assert time.monotonic() - filled >= 1.4
+        assert emulator.counters().throttled == 1  # the second client never sent into the full window
+        assert first.interceptor.stats().window_full == 1 and second.interceptor.stats().window_full == 0
+    finally:
+        sync_bucket.close()
+        second_bucket.close()
+        asyncio.run(aio_bucket.aclose())
 
 
 def test_bad_windows_are_refused_naming_the_field() -> None:

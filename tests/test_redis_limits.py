@@ -70,7 +70,9 @@ def due_us(reservation: Any) -> float:
 
 def counts(client: Any, key: str) -> dict[str, list[tuple[float, float]]]:
     """The windows hash: per limit, its ``(sub-window, tokens)`` pairs."""
-    pairs = {field.decode(): value.decode().split(";") for field, value in client.hgetall(key).items()}
+    pairs = {
+        field.decode(): value.decode().split(";") for field, value in client.hgetall(key).items() if field != b"hold"
+    }
     return {field: [(float(i), float(c)) for i, c in (p.split(":") for p in v if p)] for field, v in pairs.items()}
 
 
@@ -189,6 +191,96 @@ def test_the_reserve_script_places_sends_as_the_python_windows_do_and_no_window_
             assert stored[f"{limit.count}:{limit.seconds * 1e6!r}"] == written[k]
         assert most_tokens_in_any_window(sends, limit.seconds * 1e6 - SLACK_US) <= limit.count
     redis_client.delete(*keys)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    limits=st.lists(st.builds(Limit, st.integers(2, 6), st.sampled_from([0.01, 0.03, 0.2])), min_size=1, max_size=2),
+    sends=st.lists(st.tuples(st.integers(1, 2), st.sampled_from([0.0, 0.002, 0.015])), max_size=12),
+)
+def test_the_hold_and_state_scripts_read_the_counts_as_the_python_windows_do(
+    redis_client: Any, limits: list[Limit], sends: list[tuple[int, float]]
+) -> None:
+    reserve, state, hold = (redis_client.register_script(SCRIPTS[name]) for name in ("reserve", "state", "hold"))
+    name = f"hold-{time.monotonic_ns()}"
+    keys = [f"grpc-throttle:{name}", f"{{grpc-throttle:{name}}}:windows"]
+    spec = encode(limits)
+    for tokens, pause in sends:
+        reserve(keys=keys, args=["1e5", "1000", str(tokens), "-1", "0", "", "", spec])
+        time.sleep(pause)
+    stored = counts(redis_client, keys[1])
+    rings = [Ring.of(limit) for limit in limits]
+    for ring, limit in zip(rings, limits, strict=True):
+        pairs = stored.get(f"{limit.count}:{limit.seconds * 1e6!r}", [])
+        ring.index, ring.tokens = [i for i, _ in pairs], [c for _, c in pairs]
+    # state: the least room of the rate's bucket (_gcra.level: sends the windows held
+    # moved its tat ahead) and of every limit.
+    level, report = state(keys=keys, args=["1e5", "1000", spec])
+    now = float(report.split()[0])
+    tat, iv = (float(x) for x in redis_client.hmget(keys[0], "tat", "iv")) if sends else (now, 10.0)
+    bucket = 1000 - max(tat - now, 0) / iv
+    assert float(level) == pytest.approx(min(bucket, *(ring.room(now) for ring in rings)), abs=1e-6)
+    # hold: the first limit's window said full; held until the Python twin says it frees.
+    left = float(hold(keys=keys, args=[encode(limits[:1])]))
+    until = float(redis_client.hget(keys[1], "hold"))
+    now = until - left
+    assert until == pytest.approx(rings[0].frees(now, limits[0].seconds), abs=1.0)
+    # Every send planned from now on waits for it, and no earlier hold is shortened.
+    granted, _, start, *_ = reserve(keys=keys, args=["1e5", "1000", "1", "-1", "0", "", "", spec]).split()
+    assert granted == b"1" and float(start) >= until - 1.0
+    hold(keys=keys, args=[encode(limits[-1:])])
+    assert float(redis_client.hget(keys[1], "hold")) >= until
+    redis_client.delete(*keys)
+
+
+def test_a_hold_holds_every_process_on_the_key_and_keeps_the_slots_handed_out(
+    make: Make, redis_server: RedisServer, bucket_key: str
+) -> None:
+    limits = [Limit(100, 1.0), Limit(100, 0.3)]
+    first, second = make(rate=10, limits=limits), make(rate=10, limits=limits)
+    queued = [first.reserve() for _ in range(3)]  # at 0, 0.1 and 0.2 s
+    places = [due_us(r) for r in queued]
+    held = second.hold_window(1.0)
+    assert held is not None and 0.7 < held <= 1.0 + 1 / 64 + 0.05  # the first send leaves 1 s after it went
+    assert [due_us(r) for r in queued] == places  # slots handed out keep their times
+    for r in queued:
+        assert r.due_in() < 0.3
+    assert first.reserve().delay == pytest.approx(held, abs=0.05)  # type: ignore[union-attr]
+    assert second.hold_window(0.3) == pytest.approx(held, abs=0.05)  # a shorter window's hold ends no sooner
+
+    async def from_asyncio() -> float:
+        bucket = AsyncRedisTokenBucket.from_url(redis_server.url, key=bucket_key, rate=10, limits=limits, timeout=1.0)
+        try:
+            reservation = await bucket.reserve()
+            assert reservation is not None
+            return reservation.delay
+        finally:
+            await bucket.aclose()
+
+    assert asyncio.run(from_asyncio()) == pytest.approx(held, abs=0.15)  # one interval after the last
+
+
+def test_a_hold_drops_the_leased_slots(make: Make) -> None:
+    bucket = make(rate=1000, capacity=1, lease=8, limits=[Limit(1000, 1.0)])
+    for _ in range(4):  # fast enough to lease
+        bucket.reserve()
+    held = bucket.hold_window(1.0)
+    assert held is not None and held > 0.8
+    reservation = bucket.reserve()
+    assert reservation is not None and reservation.delay == pytest.approx(held, abs=0.05)
+
+
+def test_while_redis_is_down_the_fallback_holds() -> None:
+    bucket = RedisTokenBucket.from_url(
+        "redis://127.0.0.1:1", key="k", rate=1000, capacity=10, limits=[Limit(40, 60)], timeout=0.2
+    )
+    try:
+        assert bucket.hold_window(5) is None
+        held = bucket.hold_window(60)
+        assert held is not None and 60 <= held <= 60.1  # the fallback saw no send: a whole window
+        assert not bucket.try_acquire() and not bucket.shared
+    finally:
+        bucket.close()
 
 
 def test_the_burst_goes_out_again_once_the_window_frees(make: Make) -> None:

@@ -18,10 +18,11 @@ import pytest
 import redis
 import redis.exceptions
 
+from grpc_throttle import Limit
 from grpc_throttle.buckets._redis_adapt import SCRIPTS, SHAS
 from grpc_throttle.buckets._redis_base import RedisReservation
 from grpc_throttle.buckets._redis_steps import KEY_TYPE, LOAD_TRIES, Command, Eval, Load, Step, adrive, drive
-from grpc_throttle.buckets.local import Reservation
+from grpc_throttle.buckets.local import DEFAULT_GUARD, Reservation
 from grpc_throttle.buckets.redis import RedisTokenBucket
 from grpc_throttle.errors import BucketUnavailableError
 from tests.clock import VirtualClock
@@ -150,3 +151,15 @@ def test_a_give_back_that_fails_is_logged_not_raised(driver: Driver, bucket: Red
     server = Redis(redis.exceptions.ResponseError("ERR something odd"), b"hash")
     driver(bucket._give_back(reservation), server)
     assert isinstance(server.commands[0], Eval) and server.commands[0].more_keys == (bucket._holes_key,)
+
+
+def test_a_hold_sends_the_full_windows_limits_and_falls_back_to_the_local_hold(driver: Driver) -> None:
+    limits = [Limit(5, 60), Limit(100, 3600)]
+    bucket = RedisTokenBucket(redis.Redis(port=1), key="steps", rate=10, limits=limits, clock=VirtualClock())
+    server = Redis(b"1500000")
+    assert driver(bucket._hold_window(3600), server) == 1.5
+    assert server.commands == [Eval(SHAS["hold"], ["100:3600000000.0"], bucket._windows_keys)]
+    assert driver(bucket._hold_window(7), Redis()) is None  # no limit of that window: no command
+    down = Redis(redis.exceptions.ConnectionError("refused"))
+    assert driver(bucket._hold_window(60), down) == pytest.approx(60 + DEFAULT_GUARD)  # the fallback's whole window
+    assert not bucket.shared

@@ -26,6 +26,8 @@ from ._redis_adapt import SCRIPTS, SHAS
 from ._redis_base import TOO_LATE, RedisBucketBase, RedisReservation
 from ._redis_errors import Verdict, classify, is_client_error, is_noscript
 from ._redis_handoff import FreeReservation
+from ._redis_windows import encode
+from ._window import window_limits
 from .local import Reservation
 
 __all__ = ["KEY_TYPE", "Command", "Eval", "KeyType", "Load", "RedisSteps", "Step", "adrive", "drive"]
@@ -120,12 +122,34 @@ class RedisSteps(RedisBucketBase):
         return self._accept(reply, args, extra)
 
     def _available(self) -> Step[float]:
-        reply = yield from self._run("state", [self._rate_arg, self._capacity_arg])
+        args = [self._rate_arg, self._capacity_arg]
+        if self._limits_arg:
+            args.append(self._limits_arg)
+        reply = yield from self._run("state", args, self._windows_keys)
         if reply is DOWN:
             self._unless_failing()
             return self._handoff.available(self.capacity)
         self._take_report(reply[1])
         return float(reply[0])
+
+    def _hold_window(self, seconds: float) -> Step[float | None]:
+        """Hold every process's new sends until the full window ``seconds`` long frees (lua/hold.lua).
+
+        None (nothing held) without a limit of that window. The fallback holds
+        as long; while Redis is down or refusing, it holds by its own count, and that is the answer.
+        """
+        matching = window_limits(self._settings.limits, seconds)
+        if not matching:
+            return None
+        reply = yield from self._run_quietly("hold", [encode(matching)], self._windows_keys)
+        with self._lock:
+            if self._pool is not None:
+                self._pool.clear()  # leased slots would go out during the hold
+        if reply is None:
+            return self._local.hold_window(seconds)
+        held = max(float(reply) / 1e6, 0.0)
+        self._local.hold_until(self._clock() + held)  # should Redis go down during the hold
+        return held
 
     def _set_rate(self, value: float) -> Step[None]:
         value = self._set_pending(value)

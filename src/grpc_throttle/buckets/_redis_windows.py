@@ -17,6 +17,10 @@ over-counted, never under-counted: a send waits at most one sub-window
 tokens value above ``count`` waits until the window is empty (as
 ``TokenBucket`` does).
 
+A window the server says is full (Clarifai's 11003) is held: a ``hold``
+field of the same hash delays every new send until the window frees as its
+counts see it (:meth:`Ring.frees`), as ``TokenBucket.hold_window`` does.
+
 Memory is one hash field per limit (``lua/_windows.lua``), holding
 at most :data:`MAX_ENTRIES` ``index:count`` pairs whatever the count: pairs
 older than the window are dropped, and when more are kept (a queue planned
@@ -97,6 +101,20 @@ class Ring:
                     break
         return max(t, math.ceil((last + SUBWINDOWS + 1) * self.span) + PAST_EDGE)
 
+    def room(self, now: float) -> float:
+        """Tokens this limit still takes at ``now``: its count less those counted in a window from ``now`` on."""
+        low = self.at(now) - SUBWINDOWS
+        return self.count - sum(c for i, c in zip(self.index, self.tokens, strict=True) if i >= low)
+
+    def frees(self, now: float, seconds: float) -> float:
+        """When this limit's window, said to be full at ``now``, frees: once the oldest send counted
+        in it up to ``now`` has left, or a whole window (``seconds``) from ``now`` when it holds none."""
+        low, high = self.at(now) - SUBWINDOWS, self.at(now)
+        for i, c in zip(self.index, self.tokens, strict=True):
+            if low <= i <= high and c > 0:
+                return math.ceil((i + SUBWINDOWS + 1) * self.span) + PAST_EDGE
+        return now + seconds * 1e6
+
     def add(self, t: float, tokens: float) -> None:
         """Count ``tokens`` sent at ``t``; past :data:`MAX_ENTRIES`, the oldest merges into the next."""
         i = self.at(t)
@@ -113,8 +131,9 @@ class Ring:
             del self.index[0], self.tokens[0]
 
 
-def earliest(rings: Sequence[Ring], t: float, tokens: float) -> float:
-    """The earliest time >= ``t`` (microseconds) at which ``tokens`` fit every ring."""
+def earliest(rings: Sequence[Ring], t: float, tokens: float, hold: float = -math.inf) -> float:
+    """The earliest time >= ``t`` (microseconds), and not before ``hold``, at which ``tokens`` fit every ring."""
+    t = max(t, hold)
     while True:
         moved = t
         for ring in rings:

@@ -95,6 +95,11 @@ def check_limits(limits: object) -> tuple[Limit, ...]:
     return checked
 
 
+def window_limits(limits: Iterable[Limit], seconds: float) -> list[Limit]:
+    """The limits of the window ``seconds`` long that a server's full-window answer names (hold_window)."""
+    return [limit for limit in limits if math.isclose(limit.seconds, seconds, rel_tol=1e-9)]
+
+
 class Window(NamedTuple):
     """One window in force: at most ``calls`` tokens sent in any ``span`` seconds."""
 

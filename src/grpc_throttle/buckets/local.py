@@ -18,7 +18,7 @@ from ..events import EventHook, RateChanged, emit
 from . import _burst, _cubic
 from ._base import Bucket, BucketReservation, Listeners
 from ._cubic import AdaptiveRate
-from ._window import Limit, Window, WindowLog, check_limits, rate_window
+from ._window import Limit, Window, WindowLog, check_limits, rate_window, window_limits
 
 __all__ = ["DEFAULT_GUARD", "Reservation", "TokenBucket"]
 
@@ -500,7 +500,7 @@ class TokenBucket(Bucket):
         sees none), and the seconds until then are returned. Returns None,
         changing nothing, when no limit matches.
         """
-        matching = [limit for limit in self._limits if math.isclose(limit.seconds, seconds, rel_tol=1e-9)]
+        matching = window_limits(self._limits, seconds)
         if not matching:
             return None
         with self._lock:

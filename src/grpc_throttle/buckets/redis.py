@@ -116,8 +116,8 @@ class RedisTokenBucket(RedisSteps, Bucket):
             pass). The fallback gets ``local_share`` of each count, at least 1 (its sends
             are not counted in Redis's windows once Redis is back), and a
             ``lease`` is at most the smallest count. Each window is at least
-            64 microseconds long. :meth:`available` counts the rate's tokens
-            only; ``try_acquire`` heeds the limits too.
+            64 microseconds long. A server's full-window answer (Clarifai's
+            11003) holds every process until the window frees (:meth:`hold_window`).
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set). Every process on a
@@ -238,8 +238,21 @@ class RedisTokenBucket(RedisSteps, Bucket):
         return True
 
     def available(self) -> float:
-        """Tokens the rate allows now without waiting (negative when queued); ``limits`` are not counted."""
+        """Tokens that could be taken now without waiting (negative when queued), under the rate and every limit."""
         return drive(self._available(), self._command)
+
+    def hold_window(self, seconds: float) -> float | None:
+        """The server says a window of ``seconds`` is full: hold every process's new calls until it frees.
+
+        Answers such as Clarifai's 11003 (hourly limit) mean the server counted
+        the window full, perhaps with other clients' calls. When a limit has
+        that window, no process on the key gets a slot before the oldest send
+        counted in it leaves (a whole window from now when none was), and the
+        seconds until then are returned; slots handed out already keep their
+        times. None, changing nothing, when no limit matches. One round trip;
+        while Redis is down the fallback holds by its own count.
+        """
+        return drive(self._hold_window(seconds), self._command)
 
     def set_effective_rate(self, value: float) -> None:
         """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).

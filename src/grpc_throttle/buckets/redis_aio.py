@@ -26,7 +26,8 @@ from ._redis_handoff import FreeReservation
 from ._redis_loops import PerLoop
 from ._redis_steps import Command, Eval, Load, RedisSteps, Step, adrive
 from ._redis_urls import client_from_url
-from ._window import Limit
+from ._redis_windows import SUBWINDOWS
+from ._window import Limit, window_limits
 from .local import Reservation
 
 __all__ = ["RedisReservation", "RedisTokenBucket", "hashed_key"]
@@ -69,7 +70,8 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
             token expires ``lease`` intervals after it became due.
         limits: More windows that hold for every process on the key together,
             e.g. ``[Limit(10_000, 3600)]``, kept in Redis as the sync bucket's
-            are (both share them on one key).
+            are (both share them on one key). A server's full-window answer
+            (Clarifai's 11003) holds every process until it frees (:meth:`hold_window`).
         adaptive: How the shared rate adapts to throttle signals (see
             :class:`~grpc_throttle.AdaptiveRate`); None: this process reports
             none (it still follows the rate others set).
@@ -119,7 +121,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         #: caller's settings, the bucket's timeout, no retries.
         self._clients: PerLoop[AsyncMade] = PerLoop(make, aclose_made)
         #: Cancellations and adaptation updates in flight; held so they are not garbage-collected.
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisTokenBucket:
@@ -185,8 +187,24 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         return True
 
     async def available(self) -> float:
-        """Tokens the rate allows now without waiting (negative when queued); ``limits`` are not counted."""
+        """Tokens that could be taken now without waiting (negative when queued), under the rate and every limit."""
         return await adrive(self._available(), self._command)
+
+    def hold_window(self, seconds: float) -> float | None:
+        """The server says a window of ``seconds`` is full: hold every process's new calls until it frees.
+
+        As the sync bucket's (:meth:`grpc_throttle.RedisTokenBucket.hold_window`),
+        but it returns at once: the hold is written by a task on the running
+        loop (outside one, only the fallback holds). Without Redis's answer it
+        returns the longest the hold can last, a window and one of its 64
+        sub-windows: a call with a shorter deadline hands the server's answer
+        back rather than waiting. None, changing nothing, when no limit matches.
+        """
+        if not window_limits(self._settings.limits, seconds):
+            return None
+        if not self._in_task(self._hold_window(seconds)):
+            self._local.hold_window(seconds)
+        return seconds * (SUBWINDOWS + 1) / SUBWINDOWS
 
     async def set_effective_rate(self, value: float) -> None:
         """Make every process on the key run at ``value`` tokens/s (at most :attr:`rate`).
@@ -253,7 +271,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
             return await made.wire.load(command.source)
         return await made.client.type(self.key)
 
-    def _in_task(self, step: Step[None]) -> bool:
+    def _in_task(self, step: Step[Any]) -> bool:
         """Drive ``step`` in a task of the running loop, kept until done; False (not run) outside a loop."""
         try:
             task = asyncio.get_running_loop().create_task(adrive(step, self._command))

@@ -1,5 +1,5 @@
 -- Prepended, after _common.lua, to the scripts that take limits= (reserve,
--- due, cancel).
+-- due, cancel, state, hold).
 --
 -- The quota windows of limits= (see _redis_windows.py, their Python twin):
 -- per limit, the tokens sent per sub-window of seconds / SUBWINDOWS, as one
@@ -7,23 +7,30 @@
 -- 'index:tokens;...' ascending. A send at t (sub-window i) fits when the
 -- tokens counted from sub-window i - SUBWINDOWS on, plus its own, are at most
 -- count; else it waits for the oldest to leave. Over-counts, never under.
+-- A field 'hold' (microseconds) holds every new send until then: a window
+-- the server said was full (hold.lua).
 local SUBWINDOWS = 64
 local MAX_ENTRIES = SUBWINDOWS + 1
 local PAST_EDGE = 2 -- microseconds into a sub-window: times near 1.8e15 are exact to 0.25
 
--- The limits in spec ('count:us;...'), each with its counts since now's window began.
+-- The limits in spec ('count:us;...'), each with its counts since now's
+-- window began, and the hold (ws.hold, while it lasts).
 local function windows_load(wkey, spec, now)
   local ws, fields = {}, {}
   for count, us in string.gmatch(spec, '([^:;]+):([^;]+)') do
     fields[#fields + 1] = count .. ':' .. us
     ws[#ws + 1] = {count = tonumber(count), g = tonumber(us) / SUBWINDOWS, us = tonumber(us)}
   end
-  local raw = redis.call('HMGET', wkey, unpack(fields))
+  local raw = redis.call('HMGET', wkey, 'hold', unpack(fields))
+  local hold = tonumber(raw[1])
+  if hold and hold > now then
+    ws.hold = hold
+  end
   for j, w in ipairs(ws) do
     w.field = fields[j]
     local low = math.floor(now / w.g) - SUBWINDOWS
     local idx, cnt, txt = {}, {}, {}
-    for pair, i, c in string.gmatch(raw[j] or '', '(([^:;]+):([^;]+))') do
+    for pair, i, c in string.gmatch(raw[j + 1] or '', '(([^:;]+):([^;]+))') do
       i = tonumber(i)
       if i >= low then
         idx[#idx + 1] = i
@@ -61,8 +68,11 @@ local function window_ready(w, t, tokens)
   return math.max(t, math.ceil((last + SUBWINDOWS + 1) * w.g) + PAST_EDGE)
 end
 
--- The earliest time >= t at which tokens fit every limit (earliest).
+-- The earliest time >= t, and not held, at which tokens fit every limit (earliest).
 local function windows_earliest(ws, t, tokens)
+  if ws.hold and ws.hold > t then
+    t = ws.hold
+  end
   while true do
     local moved = t
     for _, w in ipairs(ws) do
@@ -73,6 +83,31 @@ local function windows_earliest(ws, t, tokens)
     end
     t = moved
   end
+end
+
+-- When a window the server says is full frees (free_at): as the sends counted
+-- in it see it, once the oldest of them, up to now, has left; a whole window
+-- from now when none was.
+local function window_frees(w, now)
+  local low, high = math.floor(now / w.g) - SUBWINDOWS, math.floor(now / w.g)
+  for k = 1, #w.idx do
+    if w.idx[k] >= low and w.idx[k] <= high and w.cnt[k] > 0 then
+      return math.ceil((w.idx[k] + SUBWINDOWS + 1) * w.g) + PAST_EDGE
+    end
+  end
+  return now + w.us
+end
+
+-- Tokens one limit still takes now (negative when queued): its count less
+-- those counted in the window ending now and after it (Ring.room).
+local function window_room(w, now)
+  local low, total = math.floor(now / w.g) - SUBWINDOWS, 0
+  for k = 1, #w.idx do
+    if w.idx[k] >= low then
+      total = total + w.cnt[k]
+    end
+  end
+  return w.count - total
 end
 
 -- Count tokens sent at t in every limit (Ring.add).
