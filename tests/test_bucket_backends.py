@@ -202,6 +202,13 @@ def test_available_counts_the_rate_and_every_limit(make: Make) -> None:
     assert bucket.available() <= 0.01
 
 
+def test_a_cut_scales_the_limits_counts(make: Make) -> None:
+    bucket = make(rate=100, capacity=10, limits=[Limit(10, 30.0)])
+    bucket.set_effective_rate(50)
+    assert bucket.available() == pytest.approx(5, abs=0.2)
+    assert [bucket.try_acquire() for _ in range(6)] == [True] * 5 + [False]
+
+
 def test_reservations_are_served_in_order_one_interval_apart(make: Make) -> None:
     bucket = make(rate=2)
     reservations = [reserve(bucket) for _ in range(5)]

@@ -37,7 +37,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ._window import Limit
+from ._window import Limit, scaled_count
 
 __all__ = ["MAX_ENTRIES", "MIN_SECONDS", "SUBWINDOWS", "Ring", "earliest", "encode"]
 
@@ -71,9 +71,9 @@ class Ring:
     tokens: list[float] = field(default_factory=list)
 
     @classmethod
-    def of(cls, limit: Limit) -> Ring:
-        """An empty ring for ``limit``."""
-        return cls(limit.count, limit.seconds * 1e6 / SUBWINDOWS)
+    def of(cls, limit: Limit, scale: float = 1.0) -> Ring:
+        """An empty ring for ``limit``, while the rate runs at ``scale`` of the configured one."""
+        return cls(scaled_count(limit.count, scale), limit.seconds * 1e6 / SUBWINDOWS)
 
     def at(self, t: float) -> float:
         """The sub-window holding time ``t`` (microseconds)."""

@@ -95,6 +95,11 @@ def check_limits(limits: object) -> tuple[Limit, ...]:
     return checked
 
 
+def scaled_count(count: float, scale: float) -> float:
+    """A window's count while the rate runs at ``scale`` of the configured one: scaled down, at least 1."""
+    return count if scale >= 1 else max(1.0, math.floor(count * scale + 1e-9))
+
+
 def window_limits(limits: Iterable[Limit], seconds: float) -> list[Limit]:
     """The limits of the window ``seconds`` long that a server's full-window answer names (hold_window)."""
     return [limit for limit in limits if math.isclose(limit.seconds, seconds, rel_tol=1e-9)]

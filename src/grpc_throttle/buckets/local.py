@@ -18,7 +18,7 @@ from ..events import EventHook, RateChanged, emit
 from . import _burst, _cubic
 from ._base import Bucket, BucketReservation, Listeners
 from ._cubic import AdaptiveRate
-from ._window import Limit, Window, WindowLog, check_limits, rate_window, window_limits
+from ._window import Limit, Window, WindowLog, check_limits, rate_window, scaled_count, window_limits
 
 __all__ = ["DEFAULT_GUARD", "Reservation", "TokenBucket"]
 
@@ -365,7 +365,7 @@ class TokenBucket(Bucket):
             # token bucket of that burst: ``size`` calls in any ``size`` intervals.
             windows.append(Window(size, (1.0 if self._burst.slow_start else size) / rate))
         for limit in self._limits:
-            windows.append(Window(max(1.0, math.floor(limit.count * scale + _EPSILON)), limit.seconds + guard))
+            windows.append(Window(scaled_count(limit.count, scale), limit.seconds + guard))
         self._windows = tuple(windows)
         self._interval = 1.0 / rate
         # Sends are kept for the longest window the rate could reach (a cut

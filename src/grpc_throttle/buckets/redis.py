@@ -110,7 +110,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
             ``seconds / 64`` (one hash field, whatever the count): windows are
             over-counted, never under, so a call may wait up to one
             sub-window longer than an exact count would make it. A cut of the
-            rate leaves the counts as declared; a slot it moves later counts
+            shared rate scales the counts too (at least 1); a slot it moves later counts
             where it lands too (and still where it was). A reservation not yet
             due that is cancelled leaves the windows (else it counts until they
             pass). The fallback gets ``local_share`` of each count, at least 1 (its sends

@@ -13,13 +13,27 @@ local SUBWINDOWS = 64
 local MAX_ENTRIES = SUBWINDOWS + 1
 local PAST_EDGE = 2 -- microseconds into a sub-window: times near 1.8e15 are exact to 0.25
 
+-- The rate in force over the configured one: below 1 while the shared rate is cut.
+local function windows_scale(s, rate)
+  if s.eff and s.eff < rate then
+    return s.eff / rate
+  end
+  return 1
+end
+
 -- The limits in spec ('count:us;...'), each with its counts since now's
--- window began, and the hold (ws.hold, while it lasts).
-local function windows_load(wkey, spec, now)
+-- window began, and the hold (ws.hold, while it lasts). With scale (the rate
+-- in force over the configured one), a cut rate's counts are scaled as the
+-- rate is, at least 1 (_window.scaled_count).
+local function windows_load(wkey, spec, now, scale)
   local ws, fields = {}, {}
   for count, us in string.gmatch(spec, '([^:;]+):([^;]+)') do
     fields[#fields + 1] = count .. ':' .. us
-    ws[#ws + 1] = {count = tonumber(count), g = tonumber(us) / SUBWINDOWS, us = tonumber(us)}
+    local allowed = tonumber(count)
+    if scale and scale < 1 then
+      allowed = math.max(1, math.floor(allowed * scale + 1e-9))
+    end
+    ws[#ws + 1] = {count = allowed, g = tonumber(us) / SUBWINDOWS, us = tonumber(us)}
   end
   local raw = redis.call('HMGET', wkey, 'hold', unpack(fields))
   local hold = tonumber(raw[1])

@@ -29,7 +29,7 @@ local new_tat = start + tokens * s.iv
 local wait = new_tat - capacity * s.iv - now
 local ws, at = nil, 0
 if ARGV[8] then -- the send, and any leased after it, must fit every window
-  ws = windows_load(KEYS[2], ARGV[8], now)
+  ws = windows_load(KEYS[2], ARGV[8], now, windows_scale(s, rate)) -- a cut scales the counts
   local t = now + math.max(wait, 0)
   at = windows_earliest(ws, t, tokens + extra)
   if at > t then -- later than the rate allows: sent at `at`, from the bucket as it is then

@@ -12,7 +12,7 @@ if s.tat > now then
   level = capacity - (s.tat - now) / s.iv
 end
 if ARGV[3] then
-  for _, w in ipairs(windows_load(KEYS[2], ARGV[3], now)) do
+  for _, w in ipairs(windows_load(KEYS[2], ARGV[3], now, windows_scale(s, tonumber(ARGV[1])))) do
     level = math.min(level, window_room(w, now))
   end
 end
