@@ -179,3 +179,25 @@ def test_merged_sends_never_undercount_and_overcount_by_less_than_one_merged_ent
     true = sum(1 for t in sends if t > now - 1.0)
     counted = sum(w for t, w in zip(kept, weights, strict=True) if t > now - 1.0)
     assert true <= counted < true + max(weights) + 1e-9
+
+
+@pytest.mark.parametrize("rate", [15.0, 1000.0])
+def test_a_long_busy_run_prunes_and_compacts_the_log_without_changing_the_schedule(rate: float) -> None:
+    # Sends are kept for the longest window only; every ~1,000 forgotten ones the
+    # log is compacted, inside a reservation. Once that made a reservation raise
+    # IndexError (at 15/s, once every minute or so). Nothing may change.
+    clock = VirtualClock()
+    bucket = TokenBucket(rate=rate, clock=clock, adaptive=None)
+    reference = TokenBucket(rate=rate, clock=clock, adaptive=None)
+    reference._log = WindowLog(max_entries=10**9)  # keeps every send
+    reference._log.horizon = math.inf
+    compactions = 0
+    for _ in range(5000):
+        head = bucket._log._head
+        got, want = bucket.reserve(), reference.reserve()
+        assert got is not None and want is not None
+        assert got.ready_at == want.ready_at
+        compactions += bucket._log._head < head
+        clock.advance(max(got.ready_at - clock(), 0.0))
+    assert compactions >= 2
+    assert len(bucket._log) < 2 * rate + 1100  # what the windows need, not every send

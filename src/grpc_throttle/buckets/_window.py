@@ -267,9 +267,11 @@ class WindowLog:
         return out
 
     def _compact(self) -> None:
-        head = self._head
-        base = self._cum[head - 1]
-        self._cum = [c - base for c in self._cum[head:]]
+        # In place: place() holds these lists while it prunes (a new list here
+        # left it reading the old sums against the shortened times).
+        head, cum = self._head, self._cum
+        base = cum[head - 1]
+        cum[:] = [c - base for c in cum[head:]]
         del self._times[:head], self._owners[:head]
         self._head = 0
 
