@@ -8,6 +8,7 @@ more than ``count`` sends on the clock the schedule runs on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import re
 import threading
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from grpc_throttle import Limit
 from grpc_throttle.buckets import _redis_windows
 from grpc_throttle.buckets._redis_config import SCRIPTS, Settings
+from grpc_throttle.buckets._redis_handoff import MAX_UNREPORTED
 from grpc_throttle.buckets._redis_windows import MAX_ENTRIES, Ring, earliest, encode
 from grpc_throttle.buckets.redis import RedisReservation, RedisTokenBucket
 from grpc_throttle.buckets.redis_aio import RedisTokenBucket as AsyncRedisTokenBucket
@@ -440,5 +442,52 @@ def test_the_fallback_gets_its_share_of_each_count(redis_server: RedisServer) ->
         assert bucket._local.limits == (Limit(2, 60), Limit(1, 1))
         assert [bucket.try_acquire() for _ in range(3)] == [True, False, False]  # Redis is down: the fallback
         assert not bucket.shared
+    finally:
+        bucket.close()
+
+
+@pytest.mark.parametrize("policy", ["local", "allow"])
+def test_the_fallbacks_sends_count_in_the_windows_once_redis_is_back(
+    own_redis_server: RedisServer, bucket_key: str, policy: str
+) -> None:
+    bucket = RedisTokenBucket.from_url(
+        own_redis_server.url,
+        key=bucket_key,
+        rate=100,
+        capacity=4,
+        limits=[Limit(4, 30.0)],
+        local_share=0.5,
+        timeout=0.2,
+        cooldown=0.2,
+        on_failure=policy,  # type: ignore[arg-type]
+    )
+    try:
+        assert bucket.try_acquire() and bucket.shared
+        own_redis_server.stop()
+        # Down: the fallback sends 2 (local: half of each count; allow: 2 let through).
+        assert [bucket.try_acquire() for _ in range(2)] == [True, True] and not bucket.shared
+        own_redis_server.start()  # empty: the shared send before is gone with it
+        time.sleep(0.4)  # past the cooldown and the fallback's last slot
+        # Back: this send, then the fallback's two are counted; the window takes one more.
+        assert [bucket.try_acquire() for _ in range(3)] == [True, True, False]
+        assert bucket.shared
+        assert bucket._handoff.unreported == []
+    finally:
+        bucket.close()
+
+
+def test_the_fallback_keeps_at_most_max_unreported_sends_merging_the_oldest_later() -> None:
+    bucket = RedisTokenBucket.from_url(
+        "redis://127.0.0.1:1", key="k", rate=1e6, capacity=1, limits=[Limit(10**9, 60)], on_failure="allow"
+    )
+    try:
+        for _ in range(MAX_UNREPORTED + 10):
+            bucket.reserve()
+        sends = bucket._handoff.unreported
+        assert len(sends) == MAX_UNREPORTED
+        assert sum(tokens for _, tokens in sends) == MAX_UNREPORTED + 10  # merged, none dropped
+        assert all(a[0] <= b[0] for a, b in itertools.pairwise(sends))
+        assert bucket._handoff.take_unreported(time.monotonic() + 61) == []  # past the longest window
+        assert bucket._handoff.unreported == []
     finally:
         bucket.close()

@@ -163,3 +163,19 @@ def test_a_hold_sends_the_full_windows_limits_and_falls_back_to_the_local_hold(d
     down = Redis(redis.exceptions.ConnectionError("refused"))
     assert driver(bucket._hold_window(60), down) == pytest.approx(60 + DEFAULT_GUARD)  # the fallback's whole window
     assert not bucket.shared
+
+
+def test_back_from_an_outage_the_fallbacks_sends_are_counted_on_redis_clock(driver: Driver) -> None:
+    clock = VirtualClock()
+    limits = [Limit(5, 60)]
+    bucket = RedisTokenBucket(redis.Redis(port=1), key="steps", rate=10, limits=limits, cooldown=1, clock=clock)
+    down = Redis(redis.exceptions.ConnectionError("down"))
+    assert isinstance(driver(bucket._reserve(1, math.inf), down), Reservation)
+    clock.advance(2)  # past the cooldown: the next call probes Redis
+    server = Redis(GRANTED, 1)
+    assert isinstance(driver(bucket._reserve(1, math.inf), server), RedisReservation)
+    count = server.commands[1]
+    assert isinstance(count, Eval) and count.sha == SHAS["count"] and count.more_keys == bucket._windows_keys
+    # The fallback's send went at once, 2 s before the reply (Redis time 1 s): 2 s earlier on Redis's clock.
+    assert count.args == [bucket._limits_arg, f"{1e6 - 2e6!r}:1.0"]
+    assert driver(bucket._reserve(1, math.inf), Redis(GRANTED)) is not None  # reported once

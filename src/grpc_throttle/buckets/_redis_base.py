@@ -147,6 +147,8 @@ class RedisBucketBase(SharedAdaptation):
         self._pool = LeasePool(lease) if lease > 1 else None
         #: Cuts of the shared rate seen in replies (or made here) so far.
         self._cuts_seen = 0
+        #: The last reserve reply's Redis time (microseconds) and when it arrived (bucket clock).
+        self._redis_clock = (0.0, 0.0)
         #: What to fix, for the last outage that a setup mistake causes too (READONLY).
         self._fix = ""
         #: Those fixes logged at ERROR already: once per bucket each.
@@ -157,6 +159,7 @@ class RedisBucketBase(SharedAdaptation):
         self._lock = threading.Lock()
         self._view._lock = self._lock
         self._view_lock = threading.Lock()
+        self._handoff.lock = threading.Lock()
 
     @property
     def rate(self) -> float:
@@ -270,6 +273,7 @@ class RedisBucketBase(SharedAdaptation):
         granted, wait_us, start_us, iv_us, epoch, ahead_us, *tail = reply.split()  # bytes or str
         interval, start = float(iv_us), float(start_us)
         now = start - float(ahead_us)
+        self._redis_clock = (now, received)
         self._observe(now, received, interval, tail, float(args[5]) if len(args) > 5 and args[5] else None)
         if int(granted) != 1:
             return None

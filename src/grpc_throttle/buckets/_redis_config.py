@@ -28,12 +28,12 @@ _POLICIES = ("local", "allow", "fail")
 #: The operations, one Lua script each, in ``lua/``; ``_common.lua`` is prepended, and
 #: ``_windows.lua`` (the counts of ``limits``) too for those that take limits.
 _LUA = resources.files(__package__) / "lua"
-_WINDOWED = ("reserve", "cancel", "due", "state", "hold")
+_WINDOWED = ("reserve", "cancel", "due", "state", "hold", "count")
 SCRIPTS = {
     name: (_LUA / "_common.lua").read_text("utf-8")
     + ((_LUA / "_windows.lua").read_text("utf-8") if name in _WINDOWED else "")
     + (_LUA / f"{name}.lua").read_text("utf-8")
-    for name in ("reserve", "cancel", "set_rate", "state", "due", "hold")
+    for name in ("reserve", "cancel", "set_rate", "state", "due", "hold", "count")
 }
 #: Their SHA1 digests, as EVALSHA names them.
 SHAS = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}

@@ -9,14 +9,18 @@ schedules must not overlap at the seams:
   the fallback starts one of its intervals after the last of them.
 * Coming back: the fallback's slots still fire too, so no slot is taken from
   Redis before the last of them ("not before", sent with the reserve script).
+  With ``limits``, the sends the fallback handed out (or let through, under
+  ``"allow"``) are counted in Redis's windows too (``lua/count.lua``): the
+  windows then hold them as they hold every other send.
 
-This class keeps both marks and the fallback bucket; it does no I/O and reads
-time only from the clock it is given.
+This class keeps both marks, those sends and the fallback bucket; it does no
+I/O and reads time only from the clock it is given.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 from ._base import BucketReservation
@@ -26,7 +30,11 @@ from ._redis_config import Settings
 from ._window import Limit
 from .local import Reservation, TokenBucket
 
-__all__ = ["FreeReservation", "Handoff"]
+__all__ = ["MAX_UNREPORTED", "FreeReservation", "Handoff"]
+
+#: The most fallback sends kept for Redis's windows: past it, the oldest is merged into the
+#: next one, counted as if sent later (the windows over-count, never under).
+MAX_UNREPORTED = 1024
 
 
 class FreeReservation(BucketReservation):
@@ -79,6 +87,12 @@ class Handoff:
         #: The latest slot the fallback handed out; 0.0 once passed. Back on Redis, no slot is
         #: taken before it.
         self._local_until = 0.0
+        #: The longest limit's window, seconds (0: no limits, no sends kept).
+        self._longest = max((limit.seconds for limit in settings.limits), default=0.0)
+        #: The fallback's sends not yet counted in Redis's windows: [when (bucket clock), tokens].
+        self.unreported: list[list[float]] = []
+        #: Guards unreported (renewed in a forked child with the bucket's locks).
+        self.lock = threading.Lock()
 
     def shared_slot(self, ready_at: float) -> None:
         """Note a slot from Redis due at ``ready_at``: it fires even if Redis goes down now."""
@@ -99,6 +113,7 @@ class Handoff:
     def reserve(self, tokens: float, max_wait: float) -> Reservation | FreeReservation | None:
         """What a call gets while Redis is down, under ``"local"`` or ``"allow"``."""
         if self._policy == "allow":
+            self._remember(self._clock(), tokens)
             return FreeReservation(tokens)
         if self._redis_until > self._clock():
             self.local.hold_until(self._redis_until)
@@ -107,7 +122,25 @@ class Handoff:
             reservation.round = FallbackRound(reservation.round)
             if reservation.ready_at > self._local_until:
                 self._local_until = reservation.ready_at
+            self._remember(reservation.ready_at, reservation.tokens)
         return reservation
+
+    def take_unreported(self, now: float) -> list[tuple[float, float]]:
+        """The fallback's sends still inside the longest window at ``now``, as ``(when, tokens)``, once."""
+        with self.lock:
+            sends, self.unreported = self.unreported, []
+        return [(when, tokens) for when, tokens in sends if when > now - self._longest]
+
+    def _remember(self, when: float, tokens: float) -> None:
+        """Keep a send for Redis's windows (with limits only); a cancelled one is kept too (over-counted)."""
+        if not self._longest:
+            return
+        with self.lock:
+            sends = self.unreported
+            if len(sends) >= MAX_UNREPORTED:
+                sends[1] = [max(sends[0][0], sends[1][0]), sends[0][1] + sends[1][1]]
+                del sends[0]
+            sends.append([when, tokens])
 
     def available(self, capacity: float) -> float:
         """Tokens available while Redis is down: the fallback's, or ``capacity`` under ``"allow"``."""

@@ -119,7 +119,18 @@ class RedisSteps(RedisBucketBase):
         if reply is DOWN:
             self._unless_failing()
             return self._handoff.reserve(tokens, max_wait)
-        return self._accept(reply, args, extra)
+        reservation = self._accept(reply, args, extra)
+        if self._handoff.unreported:  # back from an outage, with limits
+            yield from self._report_fallback_sends()
+        return reservation
+
+    def _report_fallback_sends(self) -> Step[None]:
+        """Count the fallback's sends in Redis's windows (lua/count.lua), on Redis's clock as the last reply maps it."""
+        redis_now, received = self._redis_clock
+        sends = self._handoff.take_unreported(self._clock())
+        if sends:
+            pairs = ";".join(f"{redis_now + (when - received) * 1e6!r}:{tokens!r}" for when, tokens in sends)
+            yield from self._run_quietly("count", [self._limits_arg, pairs], self._windows_keys)
 
     def _available(self) -> Step[float]:
         args = [self._rate_arg, self._capacity_arg]

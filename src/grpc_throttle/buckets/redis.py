@@ -114,7 +114,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
             where it lands too (and still where it was). A reservation not yet
             due that is cancelled leaves the windows (else it counts until they
             pass). The fallback gets ``local_share`` of each count, at least 1 (its sends
-            are not counted in Redis's windows once Redis is back), and a
+            are counted in Redis's windows once Redis is back), and a
             ``lease`` is at most the smallest count. Each window is at least
             64 microseconds long. A server's full-window answer (Clarifai's
             11003) holds every process until the window frees (:meth:`hold_window`).
