@@ -91,7 +91,7 @@ def test_past_slow_start_the_burst_widens_only_at_the_configured_rate() -> None:
 
 
 def test_a_rate_change_moves_the_largest_burst_and_the_window() -> None:
-    bucket = RedisTokenBucket(redis.Redis(port=1), key="burst", rate=10, clock=VirtualClock())
+    bucket = RedisTokenBucket(redis.Redis(port=1), key="burst", rate=10, capacity=None, clock=VirtualClock())
     assert bucket.capacity == 10 and bucket.burst == 2 and bucket._limits_arg == "10:1000000.0"
     bucket.rate = 4
     assert bucket.capacity == 4 and bucket._limits_arg == "4:1000000.0"
@@ -100,7 +100,7 @@ def test_a_rate_change_moves_the_largest_burst_and_the_window() -> None:
 
 
 def test_a_reply_marked_in_a_burst_carries_a_burst_round() -> None:
-    bucket = RedisTokenBucket(redis.Redis(port=1), key="burst", rate=10, clock=VirtualClock())
+    bucket = RedisTokenBucket(redis.Redis(port=1), key="burst", rate=10, capacity=None, clock=VirtualClock())
     commands: list[Eval] = []
 
     def run(command: object) -> bytes:
@@ -123,3 +123,9 @@ def test_back_from_an_outage_the_burst_stays_calm_for_a_window_then_learns_again
     fixed = LearnedBurst(None, 16.0, learn=False)
     fixed.calm(until=10.0)
     assert fixed.size == 16  # a burst that is not learned stays as it is
+
+
+def test_the_default_is_the_even_schedule() -> None:
+    bucket = RedisTokenBucket(redis.Redis(port=1), key="burst", rate=10, clock=VirtualClock())
+    assert bucket.capacity == 1 and bucket.burst == 1 and bucket._limits_arg == ""
+    assert bucket._reserve_args(1.0, math.inf, 0) is bucket._plain_args  # two arguments, no window

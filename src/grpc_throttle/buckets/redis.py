@@ -92,15 +92,16 @@ class RedisTokenBucket(RedisSteps, Bucket):
         rate: Tokens added per second, for all processes together; at least
             1e-9 / ``local_share``, so that the fallback's share is a rate too.
         capacity: The largest burst, in [1, 1e12]: the schedule is GCRA with
-            this capacity (``1``: calls evenly spaced at ``1/rate``). None
-            (the default) learns it as :class:`~grpc_throttle.TokenBucket`
+            this capacity. ``1`` (the default) spaces calls evenly at
+            ``1/rate``. None learns it as :class:`~grpc_throttle.TokenBucket`
             learns its own: each process starts with bursts of 2 and widens
             them with every answer up to the rate's window (15 at 15/s), halves
             them when a call sent in one is throttled, and every process on
             the key together never sends more than the rate's count in any
             window of the rate (one more window in Redis, beside ``limits``).
-            Below the quota calls then go at once; a strict server costs one
-            throttled call per process to learn.
+            Calls below the quota then go at once; a saturated batch gains
+            nothing, and a strict server (burst 1) is throttled more while
+            every process learns (see the README's benchmarks).
         on_failure: ``"local"``, ``"allow"`` or ``"fail"`` (see above).
         local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
             the local fallback bucket gets.
@@ -150,7 +151,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
         *,
         key: str,
         rate: float,
-        capacity: float | None = None,
+        capacity: float | None = 1.0,
         on_failure: FailurePolicy = "local",
         local_share: float = 0.25,
         timeout: float = 0.05,

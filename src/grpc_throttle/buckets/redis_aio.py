@@ -58,8 +58,8 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
             derive it from a token: key names are visible to anyone who can
             list keys.
         rate: Tokens added per second, for all processes together.
-        capacity: The largest burst, or None (the default) to learn it up to
-            the rate's window, as the sync bucket does.
+        capacity: The largest burst (1, the default: evenly spaced), or None
+            to learn it up to the rate's window, as the sync bucket does.
         on_failure: ``"local"``, ``"allow"`` or ``"fail"``.
         local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
             the local fallback bucket gets.
@@ -94,7 +94,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         *,
         key: str,
         rate: float,
-        capacity: float | None = None,
+        capacity: float | None = 1.0,
         on_failure: FailurePolicy = "local",
         local_share: float = 0.25,
         timeout: float = 0.05,
