@@ -2,8 +2,7 @@
 
 Part 1 times, interleaved in one loop so that noise hits all of them alike:
 ``PING``, a trivial ``EVALSHA`` (``return 1``) and ``RedisTokenBucket.reserve()``
-on a bucket that never makes anyone wait: ``capacity=1`` (the schedule alone)
-and the default learned burst (the schedule and the rate's window). The ratio of the medians is the
+on a bucket that never makes anyone wait. The ratio of the medians is the
 bucket's overhead on top of the round trip it cannot avoid (target <= 1.3x).
 
 Part 2 paces one caller at a shared rate with and without ``lease``: the time
@@ -35,9 +34,6 @@ from _harness import write_json
 
 from grpc_throttle.buckets.redis import RedisTokenBucket
 
-#: The default bucket: a learned burst, its rate's window counted in Redis beside the schedule.
-LEARNED = "reserve(), learned burst"
-
 
 def _timed(fn: Callable[[], Any]) -> float:
     start = time.perf_counter_ns()
@@ -68,30 +64,26 @@ def _interleaved(cases: dict[str, Callable[[], Any]], rounds: int, base: str, ti
 def overhead(url: str, rounds: int) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     trivial = client.script_load("return 1")
-    bucket = RedisTokenBucket.from_url(url, key=f"bench-{uuid.uuid4().hex}", rate=1e9, capacity=1, timeout=1.0)
-    learned = RedisTokenBucket.from_url(url, key=f"bench-{uuid.uuid4().hex}", rate=1e9, timeout=1.0)
+    bucket = RedisTokenBucket.from_url(url, key=f"bench-{uuid.uuid4().hex}", rate=1e9, timeout=1.0)
     cases: dict[str, Callable[[], Any]] = {
         "PING": client.ping,
         "EVALSHA 'return 1'": lambda: client.evalsha(trivial, 0),
         "reserve()": bucket.reserve,
-        LEARNED: learned.reserve,
     }
     medians = _interleaved(cases, rounds, "EVALSHA 'return 1'", "Part 1")
     server = {}
-    for name in ("EVALSHA 'return 1'", "reserve()", LEARNED):
+    for name in ("EVALSHA 'return 1'", "reserve()"):
         client.config_resetstat()
         for _ in range(2000):
             cases[name]()
         server[name] = client.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
     print(f"time spent inside Redis per call: {', '.join(f'{k} {v:.1f}us' for k, v in server.items())}")
     bucket.close()
-    learned.close()
     client.close()
     return {
         "rounds": rounds,
         "median_us": medians,
         "ratio_to_evalsha": medians["reserve()"] / medians["EVALSHA 'return 1'"],
-        "learned_ratio_to_evalsha": medians[LEARNED] / medians["EVALSHA 'return 1'"],
         "inside_redis_us": server,
     }
 
@@ -104,27 +96,22 @@ def cluster_overhead(rounds: int) -> dict[str, Any]:
     try:
         nodes = [redis.cluster.ClusterNode(host, port) for host, port in cluster.startup_nodes]
         client = redis.cluster.RedisCluster(startup_nodes=nodes)
-        key = f"bench-{uuid.uuid4().hex}"
-        bucket = RedisTokenBucket(client, key=key, rate=1e9, capacity=1, timeout=1.0)
-        learned = RedisTokenBucket(client, key=f"bench-{uuid.uuid4().hex}", rate=1e9, timeout=1.0)
+        bucket = RedisTokenBucket(client, key=f"bench-{uuid.uuid4().hex}", rate=1e9, timeout=1.0)
         bucket.reserve()  # scripts loaded on the owning node
         owner = client.get_node_from_key(bucket.key)
         trivial = client.script_load("return 1")  # loaded on every primary
         cases: dict[str, Callable[[], Any]] = {
             "EVALSHA 'return 1' (owning node)": lambda: client.evalsha(trivial, 1, bucket.key),
             "reserve()": bucket.reserve,
-            LEARNED: learned.reserve,
         }
         base = "EVALSHA 'return 1' (owning node)"
         medians = _interleaved(cases, rounds, base, f"Part 3: Redis Cluster (3 masters), key on {owner.name}")
         bucket.close()
-        learned.close()
         client.close()
         return {
             "rounds": rounds,
             "median_us": medians,
             "ratio_to_evalsha": medians["reserve()"] / medians[base],
-            "learned_ratio_to_evalsha": medians[LEARNED] / medians[base],
         }
     finally:
         cluster.close()

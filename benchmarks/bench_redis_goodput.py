@@ -6,11 +6,8 @@ four threads each make ``--calls`` ``ListModelTypes`` calls between them (a
 quarter each) as that one user, every process through its own
 ``ThrottlingInterceptor``, all other settings default:
 
-- shared Redis: ``RedisTokenBucket(key=same, rate=Q)`` in every process (the
-  default: capacity 1, calls evenly spaced);
-- shared Redis, learned burst: ``capacity=None``, a burst each process learns,
-  up to Q in any second for all of them (standalone only);
-- shared Redis, capacity=Q: the burst the server allows, declared (GCRA alone, burst-Q row only);
+- shared Redis: ``RedisTokenBucket(key=same, rate=Q)`` in every process;
+- shared Redis, capacity=Q: the same with the burst the server allows (burst-Q row only);
 - shared Redis, capacity=Q + Limit(Q, 1 s): that burst, and at most Q sends in
   any second (``limits=``), the schedule that fits a server counting a 1 s
   window (burst-Q rows, every deployment);
@@ -63,13 +60,7 @@ DEPLOYMENTS = ("standalone", "cluster", "sentinel-failover")
 
 SUCCESS = 10000
 METADATA = (("authorization", "Key bench-redis"),)
-CLIENTS = (
-    "shared Redis",
-    "shared Redis, learned burst",
-    "shared Redis, capacity=Q",
-    "shared Redis, capacity=Q + Limit(Q, 1 s)",
-    "unshared local",
-)
+CLIENTS = ("shared Redis", "shared Redis, capacity=Q", "shared Redis, capacity=Q + Limit(Q, 1 s)", "unshared local")
 TARGETS = "wall <= 1.05 x ideal, <= 0.5% answered throttled, nothing lost, most in 1 s <= Q + burst"
 
 
@@ -106,15 +97,14 @@ def client_process(
 
     service_pb2, service_pb2_grpc = h.clarifai_stubs()
     rate, calls, threads = settings["rate"], settings["calls"], settings["threads"]
+    capacity = rate if "capacity" in client else None
     limits = [Limit(round(rate), 1.0)] if "Limit" in client else []
     bucket: Any
     if client.startswith("shared"):
-        # The default capacity 1 (evenly spaced), None (learned), or the server's burst declared.
-        capacity = rate if "capacity" in client else None if "learned" in client else 1.0
         bucket = _redis_bucket(where, key, rate, capacity, limits)
         bucket.available()  # connected, scripts loaded
     else:
-        bucket = TokenBucket(rate=rate)  # each process its own bucket, its burst learned
+        bucket = TokenBucket(rate=rate, capacity=capacity)
     interceptor = ThrottlingInterceptor(bucket)
     raw = grpc.insecure_channel(target)
     grpc.channel_ready_future(raw).result(timeout=30)  # connect without spending quota
@@ -371,8 +361,7 @@ def main() -> None:
     print()
     for r in results:
         if r["client"].startswith("shared"):
-            # The client's largest burst: declared, or learned up to the rate's window; 1 by default.
-            burst = 1.0 if r["client"] == "shared Redis" else q
+            burst = q if "capacity" in r["client"] else 1.0
             verdict = {
                 "wall <= 1.05 x ideal": r["wall_s"] <= 1.05 * r["ideal_s"],
                 "<= 0.5% throttled": r["throttled_share"] <= 0.005,

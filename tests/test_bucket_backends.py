@@ -75,14 +75,14 @@ def make(request: pytest.FixtureRequest, bucket_key: str) -> Iterator[Make]:
 
     def factory(**kwargs: Any) -> Bucket:
         kwargs.setdefault("rate", 10)
-        kwargs.setdefault("capacity", 1)
         kwargs.update(key=bucket_key, timeout=1.0, on_failure="fail")
         bucket: RedisTokenBucket | LoopBucket
         if backend == "local":
-            # The contract every backend shares is the even schedule (burst 1)
-            # unless a test gives a capacity, or None for the learned burst; the
-            # local bucket's window arithmetic is pinned in test_windows.py.
+            # The contract shared with Redis is its even schedule (burst 1 unless
+            # a capacity is given); the local bucket's window-shaped schedule and
+            # learned bursts are pinned in test_windows.py and test_token_bucket.py.
             local = {k: v for k, v in kwargs.items() if k in ("rate", "capacity", "adaptive", "limits")}
+            local.setdefault("capacity", 1)
             return TokenBucket(**local)
         if backend in ("redis", "sentinel", "tls", "valkey"):
             bucket = RedisTokenBucket.from_url(url, **kwargs)
@@ -207,23 +207,6 @@ def test_a_cut_scales_the_limits_counts(make: Make) -> None:
     bucket.set_effective_rate(50)
     assert bucket.available() == pytest.approx(5, abs=0.2)
     assert [bucket.try_acquire() for _ in range(6)] == [True] * 5 + [False]
-
-
-def test_a_learned_burst_grows_from_two_sends_the_rates_window_at_once_and_halves_on_a_throttle(
-    make: Make,
-) -> None:
-    bucket = make(rate=20, capacity=None)
-    assert bucket.burst == 2  # slow start
-    for _ in range(30):
-        bucket.record_success()
-    assert bucket.burst == 20  # the rate's window: 20 in any second
-    burst = [reserve(bucket) for _ in range(20)]
-    assert max(r.delay for r in burst) < 0.05  # below the quota: no wait
-    assert reserve(bucket).delay > 0.5  # the 21st waits for the window to free
-    bucket.record_throttle(burst[5].round)  # a send in the learned burst was refused
-    assert bucket.burst == 10 and bucket.effective_rate < 20
-    bucket.record_throttle(burst[6].round)  # the same burst: learned from once
-    assert bucket.burst == 10
 
 
 def test_reservations_are_served_in_order_one_interval_apart(make: Make) -> None:

@@ -31,7 +31,6 @@ def make(redis_server: RedisServer, bucket_key: str) -> Iterator[Make]:
         kwargs.setdefault("key", bucket_key)
         kwargs.setdefault("rate", 10)
         kwargs.setdefault("timeout", 1.0)
-        kwargs.setdefault("capacity", 1)  # the even schedule; the learned burst: test_redis_burst.py
         bucket = RedisTokenBucket.from_url((server or redis_server).url, **kwargs)
         made.append(bucket)
         return bucket
@@ -300,7 +299,6 @@ async def amake(redis_server: RedisServer, bucket_key: str) -> AsyncIterator[Aio
         kwargs.setdefault("key", bucket_key)
         kwargs.setdefault("rate", 10)
         kwargs.setdefault("timeout", 1.0)
-        kwargs.setdefault("capacity", 1)
         bucket = aio.RedisTokenBucket.from_url(redis_server.url, **kwargs)
         made.append(bucket)
         return bucket
@@ -348,7 +346,7 @@ async def test_aio_recovery_and_listeners(amake: AioMake) -> None:
 
 
 def test_aio_signals_outside_an_event_loop_are_dropped(redis_server: RedisServer, bucket_key: str) -> None:
-    bucket = aio.RedisTokenBucket.from_url(redis_server.url, key=bucket_key, rate=10, capacity=1)
+    bucket = aio.RedisTokenBucket.from_url(redis_server.url, key=bucket_key, rate=10)
     bucket.record_throttle(0)
     bucket.record_throttle(0)
     assert not bucket._tasks and bucket.effective_rate == 10

@@ -30,7 +30,6 @@ async def make(redis_server: RedisServer, bucket_key: str) -> AsyncIterator[Make
 
     def factory(server: RedisServer | None = None, **kwargs: Any) -> RedisTokenBucket:
         kwargs.setdefault("key", bucket_key)
-        kwargs.setdefault("capacity", 1)  # the even schedule; the learned burst has tests of its own
         kwargs.setdefault("rate", 10)
         kwargs.setdefault("timeout", 1.0)  # shared, noisy machines: only failure tests go tighter
         bucket = RedisTokenBucket.from_url((server or redis_server).url, **kwargs)
@@ -168,9 +167,7 @@ async def test_effective_rate_is_shared_with_a_sync_bucket_on_the_same_key(
     redis_server: RedisServer,
 ) -> None:
     bucket = make(rate=2)
-    other = sync_redis.RedisTokenBucket.from_url(
-        redis_server.url, key=bucket.key[len("grpc-throttle:") :], rate=2, capacity=1
-    )
+    other = sync_redis.RedisTokenBucket.from_url(redis_server.url, key=bucket.key[len("grpc-throttle:") :], rate=2)
     try:
         await bucket.set_effective_rate(0.5)
         assert bucket.effective_rate == 0.5

@@ -59,7 +59,7 @@ def test_a_key_whose_braces_cannot_share_a_slot_is_refused(key: str) -> None:
 def test_every_key_a_bucket_writes_is_in_one_slot(
     cluster_client: Any, made: list[RedisTokenBucket], bucket_key: str
 ) -> None:
-    bucket = RedisTokenBucket(cluster_client, key=bucket_key, rate=2, capacity=1, on_failure="fail")
+    bucket = RedisTokenBucket(cluster_client, key=bucket_key, rate=2, on_failure="fail")
     made.append(bucket)
     first, second, _ = (bucket.reserve() for _ in range(3))
     assert isinstance(second, RedisReservation)
@@ -74,7 +74,7 @@ def test_every_key_a_bucket_writes_is_in_one_slot(
 def test_cancel_gives_tokens_back_on_the_cluster(
     cluster_client: Any, made: list[RedisTokenBucket], bucket_key: str
 ) -> None:
-    bucket = RedisTokenBucket(cluster_client, key=bucket_key, rate=2, capacity=1, on_failure="fail")
+    bucket = RedisTokenBucket(cluster_client, key=bucket_key, rate=2, on_failure="fail")
     made.append(bucket)
     queue = [bucket.reserve() for _ in range(4)]
     assert all(isinstance(r, RedisReservation) for r in queue)
@@ -87,7 +87,7 @@ def test_cancel_gives_tokens_back_on_the_cluster(
 
 async def test_cancel_gives_tokens_back_on_the_cluster_asyncio(redis_cluster: RedisCluster, bucket_key: str) -> None:
     client = redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.url)
-    bucket = AsyncRedisTokenBucket(client, key=bucket_key, rate=2, capacity=1, on_failure="fail")
+    bucket = AsyncRedisTokenBucket(client, key=bucket_key, rate=2, on_failure="fail")
     try:
         queue = [await bucket.reserve() for _ in range(3)]
         for reservation in reversed(queue[1:]):
@@ -106,11 +106,11 @@ async def test_cancel_gives_tokens_back_on_the_cluster_asyncio(redis_cluster: Re
 async def test_two_clients_share_one_schedule(
     redis_cluster: RedisCluster, cluster_client: Any, made: list[RedisTokenBucket], bucket_key: str
 ) -> None:
-    sync_bucket = RedisTokenBucket(cluster_client, key=bucket_key, rate=5, capacity=1, on_failure="fail")
-    other = RedisTokenBucket(redis.cluster.RedisCluster.from_url(redis_cluster.url), key=bucket_key, rate=5, capacity=1)
+    sync_bucket = RedisTokenBucket(cluster_client, key=bucket_key, rate=5, on_failure="fail")
+    other = RedisTokenBucket(redis.cluster.RedisCluster.from_url(redis_cluster.url), key=bucket_key, rate=5)
     made += [sync_bucket, other]
     aio_client = redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.url)
-    aio_bucket = AsyncRedisTokenBucket(aio_client, key=bucket_key, rate=5, capacity=1, on_failure="fail")
+    aio_bucket = AsyncRedisTokenBucket(aio_client, key=bucket_key, rate=5, on_failure="fail")
     try:
         sync_bucket.available(), other.available(), await aio_bucket.available()  # connected, slots known
         ready = []
@@ -132,7 +132,7 @@ def test_a_plain_client_on_a_node_without_the_slot_names_the_fix(
     owner = cluster_client.get_node_from_key("grpc-throttle:" + bucket_key)
     others = [node for node in redis_cluster.nodes if node.port != owner.port]
     for on_failure in ("local", "fail"):
-        bucket = RedisTokenBucket.from_url(others[0].url, key=bucket_key, rate=10, capacity=1, on_failure=on_failure)
+        bucket = RedisTokenBucket.from_url(others[0].url, key=bucket_key, rate=10, on_failure=on_failure)
         try:
             with pytest.raises(BucketUnavailableError, match=r"redis\.cluster\.RedisCluster") as info:
                 bucket.reserve()
@@ -143,16 +143,16 @@ def test_a_plain_client_on_a_node_without_the_slot_names_the_fix(
 
 def test_clients_of_the_other_world_are_refused(redis_cluster: RedisCluster) -> None:
     with pytest.raises(ValueError, match="redis_aio"):
-        RedisTokenBucket(redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.url), key="k", rate=1, capacity=1)
+        RedisTokenBucket(redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.url), key="k", rate=1)
     with pytest.raises(ValueError, match=r"buckets\.redis\.RedisTokenBucket for a sync client"):
-        AsyncRedisTokenBucket(redis.cluster.RedisCluster.from_url(redis_cluster.url), key="k", rate=1, capacity=1)
+        AsyncRedisTokenBucket(redis.cluster.RedisCluster.from_url(redis_cluster.url), key="k", rate=1)
 
 
 def test_a_node_down_is_an_outage_for_the_failure_policy(bucket_key: str) -> None:
     require_redis(cluster=True)
     with RedisCluster() as cluster:
         client = redis.cluster.RedisCluster.from_url(cluster.url)
-        bucket = RedisTokenBucket(client, key=bucket_key, rate=10, capacity=1, timeout=0.5, on_failure="local")
+        bucket = RedisTokenBucket(client, key=bucket_key, rate=10, timeout=0.5, on_failure="local")
         try:
             assert isinstance(bucket.reserve(), RedisReservation)
             owner = client.get_node_from_key(bucket.key)

@@ -40,7 +40,7 @@ NODE_TIMEOUT_MS = 1000
 
 
 def _kwargs(key: str) -> dict[str, Any]:
-    return dict(key=key, rate=RATE, capacity=1, timeout=TIMEOUT, cooldown=0.1, on_failure="local")
+    return dict(key=key, rate=RATE, timeout=TIMEOUT, cooldown=0.1, on_failure="local")
 
 
 def _live_url(cluster: RedisCluster) -> str:

@@ -128,7 +128,7 @@ def test_calls_during_a_slot_migration_stay_on_one_shared_schedule(
     """While the bucket's slot migrates, its calls follow ASK to the importing master, which
     has never seen the bucket's scripts: they must still run there, with no fallback."""
     clients = [redis.cluster.RedisCluster.from_url(redis_cluster.url) for _ in range(2)]
-    kwargs: dict[str, Any] = dict(key=bucket_key, rate=RATE, capacity=1, timeout=1.0, on_failure="local")
+    kwargs: dict[str, Any] = dict(key=bucket_key, rate=RATE, timeout=1.0, on_failure="local")
     buckets = [RedisTokenBucket(client, **kwargs) for client in clients]
     calls: list[Call] = []
     stop = threading.Event()
@@ -170,7 +170,7 @@ async def test_calls_during_a_slot_migration_stay_on_one_shared_schedule_asyncio
     and the command on two connections of the importing master, which then answers MOVED back
     until redis-py gives up ("TTL exhausted"): those calls may fall back, but none may raise."""
     clients = [redis.asyncio.cluster.RedisCluster.from_url(redis_cluster.url) for _ in range(2)]
-    kwargs: dict[str, Any] = dict(key=bucket_key, rate=RATE, capacity=1, timeout=1.0, cooldown=0.1, on_failure="local")
+    kwargs: dict[str, Any] = dict(key=bucket_key, rate=RATE, timeout=1.0, cooldown=0.1, on_failure="local")
     alone, crowded = (AsyncRedisTokenBucket(client, **kwargs) for client in clients)
     calls: dict[AsyncRedisTokenBucket, list[Call]] = {alone: [], crowded: []}
     stop = asyncio.Event()
@@ -223,7 +223,7 @@ def test_a_script_reloads_on_every_primary_but_a_hung_one_costs_one_timeout(
     skipped after the bucket's timeout and does not fail the call."""
     timeout = 0.3
     client = redis.cluster.RedisCluster.from_url(redis_cluster.url)
-    bucket = RedisTokenBucket(client, key=bucket_key, rate=RATE, capacity=1, timeout=timeout, on_failure="fail")
+    bucket = RedisTokenBucket(client, key=bucket_key, rate=RATE, timeout=timeout, on_failure="fail")
     owner = slot_owner(redis_cluster, key_slot(bucket.key.encode()))
     assert owner is not None
     hung, healthy = (node for node in masters(redis_cluster) if node is not owner)
@@ -280,9 +280,7 @@ def test_a_slot_migrating_to_a_new_empty_master_never_raises(bucket_key: str) ->
             assert time.monotonic() < deadline, "the new master did not join"
             time.sleep(0.05)
         client = redis.cluster.RedisCluster.from_url(cluster.url)
-        bucket = RedisTokenBucket(
-            client, key=bucket_key, rate=RATE, capacity=1, timeout=1.0, cooldown=0.1, on_failure="local"
-        )
+        bucket = RedisTokenBucket(client, key=bucket_key, rate=RATE, timeout=1.0, cooldown=0.1, on_failure="local")
         calls: list[Call] = []
         stop = threading.Event()
 

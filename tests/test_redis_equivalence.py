@@ -121,7 +121,7 @@ class Key:
 
     def reserve(self, tokens: int) -> Place:
         granted, wait, start, iv, ep, ahead, *_ = self.run("reserve", [*self.rate_and_capacity, str(tokens)])
-        assert granted in ("1", "2")  # evenly spaced, or in a burst
+        assert granted == "1"
         now = float(start) - float(ahead)
         self._note_change(now)
         # As RedisBucketBase._accept keeps it.

@@ -33,9 +33,7 @@ def test_one_bucket_serves_asyncio_run_after_asyncio_run(
 ) -> None:
     cluster = deployment == "cluster"
     server: RedisServer | RedisCluster = request.getfixturevalue("redis_cluster" if cluster else "redis_server")
-    bucket = RedisTokenBucket(
-        _clients(server, cluster), key=bucket_key, rate=2, capacity=1, timeout=1.0, on_failure="fail"
-    )
+    bucket = RedisTokenBucket(_clients(server, cluster), key=bucket_key, rate=2, timeout=1.0, on_failure="fail")
 
     async def job() -> float:
         reservation = await bucket.reserve()

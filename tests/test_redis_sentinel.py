@@ -25,9 +25,7 @@ from tests.redis_server import require_redis
 
 def test_a_sentinel_object_and_a_service_name(redis_sentinel: RedisSentinel, bucket_key: str) -> None:
     sentinel = redis.sentinel.Sentinel(redis_sentinel.addresses)
-    bucket = RedisTokenBucket(
-        sentinel, service_name="mymaster", key=bucket_key, rate=2, capacity=1, on_failure="fail", timeout=1
-    )
+    bucket = RedisTokenBucket(sentinel, service_name="mymaster", key=bucket_key, rate=2, on_failure="fail", timeout=1)
     try:
         delays = [bucket.reserve().delay for _ in range(3)]  # type: ignore[union-attr]
         assert delays[0] == 0 and 0.3 < delays[1] < 0.51 and 0.8 < delays[2] < 1.01
@@ -41,9 +39,7 @@ def test_a_sentinel_object_and_a_service_name(redis_sentinel: RedisSentinel, buc
 async def test_the_asyncio_bucket_through_sentinel_from_two_loops(
     redis_sentinel: RedisSentinel, bucket_key: str
 ) -> None:
-    bucket = AsyncRedisTokenBucket.from_url(
-        redis_sentinel.url, key=bucket_key, rate=2, capacity=1, on_failure="fail", timeout=1
-    )
+    bucket = AsyncRedisTokenBucket.from_url(redis_sentinel.url, key=bucket_key, rate=2, on_failure="fail", timeout=1)
 
     async def reserve() -> float:
         reservation = await bucket.reserve()
@@ -231,14 +227,12 @@ def test_a_hung_sentinel_costs_one_timeout_not_seconds(
         # A new bucket: its first call looks the master up (connect and ask each sentinel in turn).
         started = time.monotonic()
         if flavour == "sync":
-            bucket = RedisTokenBucket.from_url(redis_sentinel.url, key=bucket_key, rate=10, capacity=1, timeout=timeout)
+            bucket = RedisTokenBucket.from_url(redis_sentinel.url, key=bucket_key, rate=10, timeout=timeout)
             reservation = bucket.reserve()
             took = time.monotonic() - started
             bucket.close()
         else:
-            aio = AsyncRedisTokenBucket.from_url(
-                redis_sentinel.url, key=bucket_key, rate=10, capacity=1, timeout=timeout
-            )
+            aio = AsyncRedisTokenBucket.from_url(redis_sentinel.url, key=bucket_key, rate=10, timeout=timeout)
 
             async def one() -> Any:
                 try:

@@ -69,7 +69,7 @@ def driver(request: pytest.FixtureRequest) -> Driver:
 @pytest.fixture
 def bucket() -> RedisTokenBucket:
     # A plain client connects on first use only, and no command reaches it here.
-    return RedisTokenBucket(redis.Redis(port=1), key="steps", rate=10, capacity=1, clock=VirtualClock())
+    return RedisTokenBucket(redis.Redis(port=1), key="steps", rate=10, clock=VirtualClock())
 
 
 def test_a_granted_reply_is_a_reservation_after_one_command(driver: Driver, bucket: RedisTokenBucket) -> None:
@@ -165,29 +165,17 @@ def test_a_hold_sends_the_full_windows_limits_and_falls_back_to_the_local_hold(d
     assert not bucket.shared
 
 
-def test_back_from_an_outage_the_first_reserve_carries_the_fallbacks_sends(driver: Driver) -> None:
+def test_back_from_an_outage_the_fallbacks_sends_are_counted_on_redis_clock(driver: Driver) -> None:
     clock = VirtualClock()
-    limits = [Limit(40, 60)]  # the fallback: 10 a minute, at 2.5/s
-    bucket = RedisTokenBucket(
-        redis.Redis(port=1), key="steps", rate=10, capacity=1, limits=limits, cooldown=1, clock=clock
-    )
+    limits = [Limit(5, 60)]
+    bucket = RedisTokenBucket(redis.Redis(port=1), key="steps", rate=10, limits=limits, cooldown=1, clock=clock)
     down = Redis(redis.exceptions.ConnectionError("down"))
     assert isinstance(driver(bucket._reserve(1, math.inf), down), Reservation)
-    clock.advance(0.5)
-    assert isinstance(driver(bucket._reserve(1, math.inf), Redis()), Reservation)  # the breaker: no command
-    clock.advance(1.5)  # past the cooldown: the next call probes Redis
-    failed = Redis(redis.exceptions.ConnectionError("still down"))
-    driver(bucket._reserve(1, math.inf), failed)
-    assert failed.commands[0].args[-1] == "2000000.0:1.0;1500000.0:1.0"  # type: ignore[union-attr]
-    clock.advance(1.5)
-    server = Redis(GRANTED)
+    clock.advance(2)  # past the cooldown: the next call probes Redis
+    server = Redis(GRANTED, 1)
     assert isinstance(driver(bucket._reserve(1, math.inf), server), RedisReservation)
-    reserve = server.commands[0]
-    assert isinstance(reserve, Eval) and reserve.sha == SHAS["reserve"]
-    # Every send the fallback made (the failed probe's own one too), in microseconds
-    # before now, after the limits: kept while Redis did not get them.
-    assert reserve.args[-2:] == [bucket._limits_arg, "3500000.0:1.0;3000000.0:1.0;1500000.0:1.0"]
-    assert bucket._handoff.unreported == []
-    server = Redis(GRANTED)
-    driver(bucket._reserve(1, math.inf), server)
-    assert server.commands[0].args[-1] == bucket._limits_arg  # type: ignore[union-attr] # sent once
+    count = server.commands[1]
+    assert isinstance(count, Eval) and count.sha == SHAS["count"] and count.more_keys == bucket._windows_keys
+    # The fallback's send went at once, 2 s before the reply (Redis time 1 s): 2 s earlier on Redis's clock.
+    assert count.args == [bucket._limits_arg, f"{1e6 - 2e6!r}:1.0"]
+    assert driver(bucket._reserve(1, math.inf), Redis(GRANTED)) is not None  # reported once

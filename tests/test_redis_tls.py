@@ -28,7 +28,7 @@ LUA = ROOT / "src" / "grpc_throttle" / "buckets" / "lua"
 def test_the_acl_user_runs_every_operation_over_tls(redis_tls: RedisTLS, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     for key in ("tls-plain", "team-{tls}"):  # with and without a hash tag of its own: both holes keys
-        bucket = RedisTokenBucket.from_url(redis_tls.url(), key=key, rate=2, capacity=1, on_failure="fail", timeout=1)
+        bucket = RedisTokenBucket.from_url(redis_tls.url(), key=key, rate=2, on_failure="fail", timeout=1)
         first, second = bucket.reserve(), bucket.reserve()
         assert isinstance(second, RedisReservation) and 0.3 < second.delay < 0.51
         second.cancel()  # the holes key and ZADD: failures here are only logged, hence caplog
@@ -52,17 +52,13 @@ def test_the_acl_user_can_do_nothing_else(redis_tls: RedisTLS) -> None:
 
 def test_a_certificate_that_does_not_verify_names_the_fix_whatever_on_failure(redis_tls: RedisTLS) -> None:
     for policy in ("local", "allow", "fail"):
-        bucket = RedisTokenBucket.from_url(
-            redis_tls.url(ca=redis_tls.other_ca), key="k", rate=1, capacity=1, on_failure=policy
-        )
+        bucket = RedisTokenBucket.from_url(redis_tls.url(ca=redis_tls.other_ca), key="k", rate=1, on_failure=policy)
         with pytest.raises(BucketUnavailableError, match=r"TLS certificate did not verify: give the client the CA"):
             bucket.reserve()
         bucket.close()
 
     async def aio() -> None:
-        bucket = AsyncRedisTokenBucket.from_url(
-            redis_tls.url(ca=redis_tls.other_ca), key="k", rate=1, capacity=1, timeout=1
-        )
+        bucket = AsyncRedisTokenBucket.from_url(redis_tls.url(ca=redis_tls.other_ca), key="k", rate=1, timeout=1)
         try:
             with pytest.raises(BucketUnavailableError, match=r"TLS certificate did not verify"):
                 await bucket.reserve()
@@ -73,13 +69,13 @@ def test_a_certificate_that_does_not_verify_names_the_fix_whatever_on_failure(re
 
 
 def test_a_wrong_password_and_a_missing_permission_name_the_fix(redis_tls: RedisTLS) -> None:
-    bucket = RedisTokenBucket.from_url(redis_tls.url(password="wrong"), key="k", rate=1, capacity=1)
+    bucket = RedisTokenBucket.from_url(redis_tls.url(password="wrong"), key="k", rate=1)
     with pytest.raises(BucketUnavailableError, match="refused the credentials"):
         bucket.reserve()
     bucket.close()
     # A user allowed to run scripts but not the commands inside them.
     assert redis_tls.server.command(b"ACL SETUSER limited on >pw ~* -@all +evalsha +script|load") == b"+OK\r\n"
-    bucket = RedisTokenBucket.from_url(redis_tls.url(user="limited", password="pw"), key="k", rate=1, capacity=1)
+    bucket = RedisTokenBucket.from_url(redis_tls.url(user="limited", password="pw"), key="k", rate=1)
     with pytest.raises(BucketUnavailableError, match=re.escape(acl_rules())):  # the recipe, in full
         bucket.reserve()
     bucket.close()

@@ -33,9 +33,7 @@ def _valkey() -> Any:
 
 def test_the_server_is_valkey_and_redis_py_works_on_it_too(valkey_server: RedisServer, bucket_key: str) -> None:
     assert b"server_name:valkey" in valkey_server.command(b"INFO server")
-    bucket = RedisTokenBucket(
-        redis.Redis.from_url(valkey_server.url), key=bucket_key, rate=2, capacity=1, on_failure="fail"
-    )
+    bucket = RedisTokenBucket(redis.Redis.from_url(valkey_server.url), key=bucket_key, rate=2, on_failure="fail")
     delays = [bucket.reserve().delay for _ in range(2)]  # type: ignore[union-attr]
     assert delays[0] == 0 and 0.3 < delays[1] < 0.51
     bucket.close()
@@ -44,7 +42,7 @@ def test_the_server_is_valkey_and_redis_py_works_on_it_too(valkey_server: RedisS
 def test_a_valkey_url_gives_a_bucket_talking_through_valkey_py(valkey_server: RedisServer, bucket_key: str) -> None:
     _valkey()
     url = valkey_server.url.replace("redis://", "valkey://")
-    bucket = RedisTokenBucket.from_url(url, key=bucket_key, rate=2, capacity=1, on_failure="fail", timeout=1)
+    bucket = RedisTokenBucket.from_url(url, key=bucket_key, rate=2, on_failure="fail", timeout=1)
     assert type(bucket._redis).__module__.startswith("valkey.")
     assert isinstance(bucket.reserve(), RedisReservation)
     valkey_server.command(b"SCRIPT FLUSH")  # NOSCRIPT, as valkey-py raises it: reloaded
@@ -62,7 +60,7 @@ def test_valkey_py_errors_are_classified(bucket_key: str) -> None:
 
     with RedisServer(extra_args=("--requirepass", "right")) as server:
         client = valkey.Valkey.from_url(server.url.replace("redis://", "valkey://:wrong@"))
-        bucket = RedisTokenBucket(client, key=bucket_key, rate=1, capacity=1, on_failure="local", timeout=1)
+        bucket = RedisTokenBucket(client, key=bucket_key, rate=1, on_failure="local", timeout=1)
         with pytest.raises(BucketUnavailableError, match="refused the credentials"):
             bucket.reserve()
         bucket.close()
@@ -73,14 +71,14 @@ def test_valkey_cluster_clients(redis_cluster: RedisCluster, bucket_key: str) ->
     valkey = _valkey()
 
     client = valkey.cluster.ValkeyCluster.from_url(redis_cluster.url)
-    bucket = RedisTokenBucket(client, key=bucket_key, rate=2, capacity=1, on_failure="fail", timeout=1)
+    bucket = RedisTokenBucket(client, key=bucket_key, rate=2, on_failure="fail", timeout=1)
     assert bucket.reserve().delay == 0  # type: ignore[union-attr]
     bucket.close()
     client.close()
 
     async def aio() -> float:
         aio_client = valkey.asyncio.cluster.ValkeyCluster.from_url(redis_cluster.url)
-        aio_bucket = AsyncRedisTokenBucket(aio_client, key=bucket_key, rate=2, capacity=1, on_failure="fail", timeout=1)
+        aio_bucket = AsyncRedisTokenBucket(aio_client, key=bucket_key, rate=2, on_failure="fail", timeout=1)
         try:
             reservation = await aio_bucket.reserve()
             assert reservation is not None
@@ -96,9 +94,7 @@ def test_a_valkey_sentinel(redis_sentinel: RedisSentinel, bucket_key: str) -> No
     valkey = _valkey()
 
     sentinel = valkey.sentinel.Sentinel(redis_sentinel.addresses)
-    bucket = RedisTokenBucket(
-        sentinel, service_name="mymaster", key=bucket_key, rate=2, capacity=1, on_failure="fail", timeout=1
-    )
+    bucket = RedisTokenBucket(sentinel, service_name="mymaster", key=bucket_key, rate=2, on_failure="fail", timeout=1)
     assert type(bucket._redis).__module__.startswith("valkey.")
     first, second = bucket.reserve(), bucket.reserve()
     assert first.delay == 0 and 0.3 < second.delay < 0.51  # type: ignore[union-attr]

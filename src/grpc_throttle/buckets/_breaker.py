@@ -66,11 +66,6 @@ class Breaker:
         """True while calls go to the store."""
         return self._open_until is None
 
-    def may_try(self) -> bool:
-        """Whether :meth:`allow` would let a call through now (a hint: nothing is reserved)."""
-        until = self._open_until
-        return until is None or (not self._probing and self._clock() >= until)
-
     def allow(self) -> bool:
         """Whether this call may use the store (False: apply the failure policy)."""
         if self._open_until is None:  # the common case, without the lock

@@ -28,7 +28,6 @@ from . import _cubic
 from ._base import Listeners
 from ._breaker import Breaker
 from ._cubic import AdaptiveRate, CubicState
-from ._redis_burst import BurstRound, LearnedBurst
 from ._redis_config import SCRIPTS as _BASE_SCRIPTS
 from ._redis_config import Settings
 from .local import TokenBucket
@@ -222,14 +221,10 @@ class SharedAdaptation:
     _rate: float
     _rate_arg: str
     _capacity_arg: str
-    _burst: LearnedBurst
     _clock: Callable[[], float]
     _view_lock: threading.Lock
 
     def _take_report(self, reply: Any, sent: float | None = None) -> None:
-        raise NotImplementedError
-
-    def _reargue(self) -> None:
         raise NotImplementedError
 
     @property
@@ -260,24 +255,21 @@ class SharedAdaptation:
     #: The newest Redis round already applied to the fallback while Redis was down.
     _redis_round_cut_locally: int = -1
 
-    def _throttle_args(self, round: int | BurstRound | FallbackRound) -> tuple[list[str], int] | None:
-        """The throttle script's arguments and the key round they report, or None when no round trip is needed.
+    def _throttle_args(self, round: int | FallbackRound) -> list[str] | None:
+        """The throttle script's arguments, or None when no round trip is needed.
 
-        None when the process does not adapt, the burst took the signal alone
-        (``_redis_burst``), the round was counted already or a signal of it is
-        on its way (else :meth:`_adapted` must follow), or Redis is down: the
-        fallback bucket then takes the signal.
+        None when the process does not adapt, the round was counted already or
+        a signal of it is on its way (then :meth:`_adapted` must follow), or
+        Redis is down: the fallback bucket then takes the signal.
         """
         if self._view.adaptive is None:
             return None
         if isinstance(round, FallbackRound) or not self._breaker.closed:
-            self._adapt_locally(round.round if isinstance(round, BurstRound) else round)
+            self._adapt_locally(round)
             return None
-        key_round = self._burst.on_throttle(round)
-        self._reargue()
-        if key_round is None or not self._view.begin_throttle(key_round):
+        if not self._view.begin_throttle(round):
             return None
-        return [self._rate_arg, self._capacity_arg, *self._view.throttle_args(self._rate, key_round)], key_round
+        return [self._rate_arg, self._capacity_arg, *self._view.throttle_args(self._rate, round)]
 
     def _recovery_args(self) -> list[str] | None:
         """The recover script's arguments, or None when a success changes nothing shared.
@@ -288,8 +280,6 @@ class SharedAdaptation:
         if not self._breaker.closed:
             self._adapt_locally(None)
             return None
-        if self._burst.on_success(self._view.curve is None, self._clock()):
-            self._reargue()
         if not self._view.begin_recovery(self._rate, self._clock()):
             return None
         return [self._rate_arg, self._capacity_arg, *self._view.recover_args(self._rate)]

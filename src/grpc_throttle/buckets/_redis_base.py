@@ -21,7 +21,6 @@ from ._breaker import Breaker
 from ._cubic import AdaptiveRate
 from ._lease import LeasePool, Slot
 from ._redis_adapt import SharedAdaptation, SharedCurve
-from ._redis_burst import BurstRound, LearnedBurst
 from ._redis_config import Settings
 from ._redis_handoff import Handoff
 
@@ -45,7 +44,7 @@ class RedisReservation(BucketReservation):
         ready_at: float,
         place: tuple[float, float, float, int] = (0.0, 0.0, 0.0, 0),
         slot: Slot | None = None,
-        round: int | BurstRound = 0,
+        round: int = 0,
     ) -> None:
         #: Tokens this reservation holds.
         self.tokens = tokens
@@ -110,11 +109,15 @@ class RedisBucketBase(SharedAdaptation):
         self._key = settings.redis_key
         #: The cancelled reservations waiting for the tail to reach them (see lua/cancel.lua).
         self._holes_key = settings.holes_key
-        #: The burst this process asks for, declared or learned, and the rate's window.
-        self._burst = LearnedBurst(settings.capacity, self._rate, learn=adaptive is not None)
-        #: The rate as sent to the scripts; the burst (their capacity), the limits with the
-        #: rate's window, their keys and the plain reserve arguments follow (see _reargue).
-        self._rate_arg = repr(self._rate)
+        #: The limits as the scripts take them ('' for none).
+        self._limits_arg = settings.limits_arg
+        #: The keys every script that reads the windows takes after the bucket's (their counts).
+        self._windows_keys = (settings.windows_key,) if self._limits_arg else ()
+        #: The rate and capacity as sent to the scripts.
+        self._rate_arg, self._capacity_arg = repr(self._rate), repr(settings.capacity)
+        #: The reserve script's arguments in the common case (one token, no limit,
+        #: no lease, no pending rate), encoded once: each argument sent costs client time.
+        self._plain_args = (self._rate_arg.encode(), self._capacity_arg.encode())
         #: Monotonic clock in seconds (the breaker's and the lease's; never the schedule's).
         self._clock = clock
         #: Guards the lease pool, the pending rate, the shared curve and reservation flags.
@@ -128,7 +131,6 @@ class RedisBucketBase(SharedAdaptation):
         self._pending_eff: float | None = None
         #: The fallback bucket and the seams between it and the shared schedule.
         self._handoff = Handoff(settings, self._rate, adaptive, clock)
-        self._reargue()
         #: The fallback bucket (on_failure="local").
         self._local = self._handoff.local
         #: Skips Redis while it is down.
@@ -141,37 +143,16 @@ class RedisBucketBase(SharedAdaptation):
         )
         #: Leased slots, with lease > 1. A round trip's slots are checked against the limits
         #: together (lua/reserve.lua), so there are never more than the smallest count.
-        counts = [limit.count for limit in settings.limits]
-        if self._burst.window_spec(self._rate):
-            counts.append(int(self._burst.most))
-        lease = min([settings.lease, *counts])
+        lease = min([settings.lease, *(limit.count for limit in settings.limits)])
         self._pool = LeasePool(lease) if lease > 1 else None
         #: Cuts of the shared rate seen in replies (or made here) so far.
         self._cuts_seen = 0
+        #: The last reserve reply's Redis time (microseconds) and when it arrived (bucket clock).
+        self._redis_clock = (0.0, 0.0)
         #: What to fix, for the last outage that a setup mistake causes too (READONLY).
         self._fix = ""
         #: Those fixes logged at ERROR already: once per bucket each.
         self._fixes_logged: set[str] = set()
-
-    def _reargue(self) -> None:
-        """Encode again what the scripts are sent, after the rate or the burst changed."""
-        settings = self._settings
-        #: The burst asked for, as the scripts' capacity.
-        self._capacity_arg = repr(self._burst.size)
-        #: The limits as the scripts take them ('' for none): the rate's window first (unless
-        #: declared as a limit already), then the declared ones.
-        rate_window = self._burst.window_spec(self._rate)
-        declared = settings.limits_arg
-        if rate_window and rate_window not in declared.split(";"):
-            declared = f"{rate_window};{declared}" if declared else rate_window
-        self._limits_arg = declared
-        #: The keys every script that reads the windows takes after the bucket's (their counts).
-        self._windows_keys = (settings.windows_key,) if self._limits_arg else ()
-        spans = [float(us) / 1e6 for _, us in (spec.split(":") for spec in declared.split(";") if spec)]
-        self._handoff.set_longest(max(spans, default=0.0))  # the fallback's sends count that long
-        #: The reserve script's arguments in the common case (one token, no limit, no lease,
-        #: no pending rate), encoded once: each argument sent costs client time.
-        self._plain_args = (self._rate_arg.encode(), self._capacity_arg.encode())
 
     def _renew_locks(self) -> None:
         """In a forked child: fresh locks (the curve shares the bucket's)."""
@@ -179,7 +160,6 @@ class RedisBucketBase(SharedAdaptation):
         self._view._lock = self._lock
         self._view_lock = threading.Lock()
         self._handoff.lock = threading.Lock()
-        self._burst.renew_lock()
 
     @property
     def rate(self) -> float:
@@ -190,8 +170,7 @@ class RedisBucketBase(SharedAdaptation):
     def rate(self, value: float) -> None:
         value = self._settings.check_rate("rate", value)
         self._rate, self._rate_arg = value, repr(value)
-        self._burst.rescale(value)
-        self._reargue()
+        self._plain_args = (self._rate_arg.encode(), self._capacity_arg.encode())
         self._local.rate = value * self._settings.local_share
         self._set_pending(value, "configured")
 
@@ -202,13 +181,8 @@ class RedisBucketBase(SharedAdaptation):
 
     @property
     def capacity(self) -> float:
-        """The most tokens one reservation may take: the largest burst."""
-        return self._burst.most
-
-    @property
-    def burst(self) -> float:
-        """The burst this process asks for now (learned, or as declared)."""
-        return self._burst.size
+        """The most tokens the bucket holds (the largest burst)."""
+        return self._settings.capacity
 
     @property
     def key(self) -> str:
@@ -255,8 +229,8 @@ class RedisBucketBase(SharedAdaptation):
     def _check(self, tokens: float, max_wait: float) -> tuple[float, float]:
         if tokens != 1:
             _checks.positive("tokens", tokens)
-            if tokens > self.capacity:
-                raise ValueError(f"tokens must be <= capacity ({self.capacity:g}), got {tokens!r}")
+            if tokens > self._settings.capacity:
+                raise ValueError(f"tokens must be <= capacity ({self._settings.capacity:g}), got {tokens!r}")
         if max_wait != math.inf:
             _checks.non_negative("max_wait", max_wait)
         return float(tokens), float(max_wait)
@@ -273,9 +247,7 @@ class RedisBucketBase(SharedAdaptation):
         delay = max(slot.ready - now, 0.0)
         return RedisReservation(self, 1.0, delay, now + delay, slot=slot, round=self._view.round), 0
 
-    def _reserve_args(
-        self, tokens: float, max_wait: float, extra: int, late: Sequence[Sequence[float]] = ()
-    ) -> Sequence[str | bytes]:
+    def _reserve_args(self, tokens: float, max_wait: float, extra: int) -> Sequence[str | bytes]:
         eff = self._pending_eff
         not_before = self._handoff.not_before()
         limits = self._limits_arg
@@ -293,9 +265,6 @@ class RedisBucketBase(SharedAdaptation):
             args.append(repr(not_before * 1e6) if not_before else "")
         if limits:
             args.append(limits)
-            if late:  # the fallback's sends, in microseconds before now (negative: still to come)
-                now = self._clock()
-                args.append(";".join(f"{(now - when) * 1e6!r}:{weight!r}" for when, weight in late))
         return args
 
     def _accept(self, reply: Any, args: Sequence[str | bytes], extra: int) -> RedisReservation | None:
@@ -304,22 +273,22 @@ class RedisBucketBase(SharedAdaptation):
         granted, wait_us, start_us, iv_us, epoch, ahead_us, *tail = reply.split()  # bytes or str
         interval, start = float(iv_us), float(start_us)
         now = start - float(ahead_us)
+        self._redis_clock = (now, received)
         self._observe(now, received, interval, tail, float(args[5]) if len(args) > 5 and args[5] else None)
-        kind = int(granted)  # 0: refused, 1: evenly spaced, 2: in a burst
-        if not kind:
+        if int(granted) != 1:
             return None
         wait = float(wait_us)
         if self._pool is not None:  # also when extra == 0: the pool learns the rate
             self._lease(self._pool, received, start, now, interval, extra)
         tokens = float(args[2]) if len(args) > 2 else 1.0
         place = (start, start + tokens * interval, now + wait, int(epoch))
-        round = self._burst.round_of(int(tail[0]) if tail else 0, kind == 2)
+        round = int(tail[0]) if tail else 0
         self._handoff.shared_slot(received + wait / 1e6)
         return RedisReservation(self, tokens, wait / 1e6, received + wait / 1e6, place, round=round)
 
     def _lease(self, pool: LeasePool, received: float, start: float, now: float, interval: float, extra: int) -> None:
         """Pool the ``extra`` slots taken after the caller's own (Redis times in microseconds)."""
-        span, cap = pool.limit * interval / 1e6, float(self._capacity_arg)
+        span, cap = pool.limit * interval / 1e6, self._settings.capacity
         ready = [received + max(start + (2 + k - cap) * interval - now, 0.0) / 1e6 for k in range(extra)]
         with self._lock:
             pool.fill([Slot(r, r + span) for r in ready], interval / 1e6)

@@ -28,12 +28,12 @@ _POLICIES = ("local", "allow", "fail")
 #: The operations, one Lua script each, in ``lua/``; ``_common.lua`` is prepended, and
 #: ``_windows.lua`` (the counts of ``limits``) too for those that take limits.
 _LUA = resources.files(__package__) / "lua"
-_WINDOWED = ("reserve", "cancel", "due", "state", "hold")
+_WINDOWED = ("reserve", "cancel", "due", "state", "hold", "count")
 SCRIPTS = {
     name: (_LUA / "_common.lua").read_text("utf-8")
     + ((_LUA / "_windows.lua").read_text("utf-8") if name in _WINDOWED else "")
     + (_LUA / f"{name}.lua").read_text("utf-8")
-    for name in ("reserve", "cancel", "set_rate", "state", "due", "hold")
+    for name in ("reserve", "cancel", "set_rate", "state", "due", "hold", "count")
 }
 #: Their SHA1 digests, as EVALSHA names them.
 SHAS = {name: hashlib.sha1(src.encode("utf-8")).hexdigest() for name, src in SCRIPTS.items()}
@@ -178,8 +178,7 @@ class Settings:
     """A Redis bucket's fixed configuration, validated; see RedisTokenBucket."""
 
     key: str
-    #: The declared burst, or None to learn it (see _redis_burst).
-    capacity: float | None
+    capacity: float
     on_failure: FailurePolicy
     local_share: float
     timeout: float
@@ -198,8 +197,7 @@ class Settings:
                 )
         if not isinstance(self.key, str) or not self.key.strip():
             raise ValueError(f"key must be a non-empty str, got {self.key!r}")
-        if self.capacity is not None:
-            _checks.at_least("capacity", self.capacity, 1)
+        _checks.at_least("capacity", self.capacity, 1)
         if self.on_failure not in _POLICIES:
             raise ValueError(f"on_failure must be one of {_POLICIES}, got {self.on_failure!r}")
         if _checks.positive("local_share", self.local_share) > 1:

@@ -9,9 +9,8 @@ schedules must not overlap at the seams:
   the fallback starts one of its intervals after the last of them.
 * Coming back: the fallback's slots still fire too, so no slot is taken from
   Redis before the last of them ("not before", sent with the reserve script).
-  With ``limits`` (or a learned burst's window), the sends the fallback
-  handed out (or let through, under ``"allow"``) go with the first reserve
-  back, which counts them in Redis's windows before its own send: the
+  With ``limits``, the sends the fallback handed out (or let through, under
+  ``"allow"``) are counted in Redis's windows too (``lua/count.lua``): the
   windows then hold them as they hold every other send.
 
 This class keeps both marks, those sends and the fallback bucket; it does no
@@ -69,15 +68,12 @@ class Handoff:
         self, settings: Settings, rate: float, adaptive: AdaptiveRate | None, clock: Callable[[], float]
     ) -> None:
         share = settings.local_share
-        #: The fallback for on_failure="local": local_share of the rate, of a declared burst
-        #: and of each limit's count, at least 1 (processes falling back together must not
-        #: burst capacity each); it adapts on its own.
+        #: The fallback for on_failure="local": local_share of the rate, of the burst and of
+        #: each limit's count, at least 1 (processes falling back together must not burst
+        #: capacity each); it adapts on its own.
         self.local = TokenBucket(
             rate * share,
-            # A learned burst's fallback spaces its calls evenly: it knows nothing of
-            # the other processes' sends, and a burst at the handoff lands on the
-            # shared schedule's last window.
-            1.0 if settings.capacity is None else max(1.0, settings.capacity * share),
+            max(1.0, settings.capacity * share),
             limits=[Limit(max(1, math.floor(limit.count * share)), limit.seconds) for limit in settings.limits],
             adaptive=adaptive,
             clock=clock,
@@ -91,8 +87,8 @@ class Handoff:
         #: The latest slot the fallback handed out; 0.0 once passed. Back on Redis, no slot is
         #: taken before it.
         self._local_until = 0.0
-        #: The longest window counted in Redis, seconds (0: none, no sends kept); see set_longest.
-        self._longest = 0.0
+        #: The longest limit's window, seconds (0: no limits, no sends kept).
+        self._longest = max((limit.seconds for limit in settings.limits), default=0.0)
         #: The fallback's sends not yet counted in Redis's windows: [when (bucket clock), tokens].
         self.unreported: list[list[float]] = []
         #: Guards unreported (renewed in a forked child with the bucket's locks).
@@ -129,27 +125,11 @@ class Handoff:
             self._remember(reservation.ready_at, reservation.tokens)
         return reservation
 
-    def set_longest(self, seconds: float) -> None:
-        """The longest window Redis counts (the limits', a learned burst's rate window); 0 for none."""
-        self._longest = seconds
-
-    def take_unreported(self, now: float) -> list[list[float]]:
-        """The fallback's sends still inside the longest window at ``now``, as ``[when, tokens]``.
-
-        Taken: hand them back with :meth:`restore` if Redis did not get them.
-        """
+    def take_unreported(self, now: float) -> list[tuple[float, float]]:
+        """The fallback's sends still inside the longest window at ``now``, as ``(when, tokens)``, once."""
         with self.lock:
             sends, self.unreported = self.unreported, []
-        return [send for send in sends if send[0] > now - self._longest]
-
-    def restore(self, sends: list[list[float]]) -> None:
-        """Keep ``sends`` (from :meth:`take_unreported`) for the next try, before any newer ones."""
-        with self.lock:
-            kept = sends + self.unreported
-            while len(kept) > MAX_UNREPORTED:
-                kept[1] = [max(kept[0][0], kept[1][0]), kept[0][1] + kept[1][1]]
-                del kept[0]
-            self.unreported = kept
+        return [(when, tokens) for when, tokens in sends if when > now - self._longest]
 
     def _remember(self, when: float, tokens: float) -> None:
         """Keep a send for Redis's windows (with limits only); a cancelled one is kept too (over-counted)."""

@@ -114,23 +114,23 @@ class RedisSteps(RedisBucketBase):
             leased, extra = self._take_leased(tokens, max_wait)
             if leased is not None or extra == TOO_LATE:
                 return leased
-        late: list[list[float]] = []
-        if self._handoff.unreported and self._breaker.may_try():  # back from an outage: the fallback's sends
-            late = self._handoff.take_unreported(self._clock())
-        args = self._reserve_args(tokens, max_wait, extra, late)
-        try:
-            reply = yield from self._run("reserve", args, self._windows_keys)
-        except BaseException:
-            self._handoff.restore(late)
-            raise
+        args = self._reserve_args(tokens, max_wait, extra)
+        reply = yield from self._run("reserve", args, self._windows_keys)
         if reply is DOWN:
-            self._handoff.restore(late)
             self._unless_failing()
             return self._handoff.reserve(tokens, max_wait)
-        if late:  # back from an outage: no burst for a window (see LearnedBurst.calm)
-            self._burst.calm(self._clock() + self._burst.window_seconds(self._rate))
-            self._reargue()
-        return self._accept(reply, args, extra)
+        reservation = self._accept(reply, args, extra)
+        if self._handoff.unreported:  # back from an outage, with limits
+            yield from self._report_fallback_sends()
+        return reservation
+
+    def _report_fallback_sends(self) -> Step[None]:
+        """Count the fallback's sends in Redis's windows (lua/count.lua), on Redis's clock as the last reply maps it."""
+        redis_now, received = self._redis_clock
+        sends = self._handoff.take_unreported(self._clock())
+        if sends:
+            pairs = ";".join(f"{redis_now + (when - received) * 1e6!r}:{tokens!r}" for when, tokens in sends)
+            yield from self._run_quietly("count", [self._limits_arg, pairs], self._windows_keys)
 
     def _available(self) -> Step[float]:
         args = [self._rate_arg, self._capacity_arg]

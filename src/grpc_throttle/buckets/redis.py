@@ -42,9 +42,8 @@ class RedisTokenBucket(RedisSteps, Bucket):
     (``TIME``), so hosts whose clocks disagree still share one schedule.
 
     State is one hash per key (``grpc-throttle:<key>``) holding the schedule,
-    the shared effective rate and an epoch, and with ``limits`` or a learned
-    burst a second one (``{grpc-throttle:<key>}:windows``, at most 65 counts
-    per window); both
+    the shared effective rate and an epoch, and with ``limits`` a second one
+    (``{grpc-throttle:<key>}:windows``, at most 65 counts per limit); both
     expire on their own once idle. Every process on a key should use the
     same rate, capacity and limits. Needs Redis
     >= 6: the scripts read ``TIME`` and then write, which Redis < 5 replicates
@@ -91,17 +90,8 @@ class RedisTokenBucket(RedisSteps, Bucket):
             list keys.
         rate: Tokens added per second, for all processes together; at least
             1e-9 / ``local_share``, so that the fallback's share is a rate too.
-        capacity: The largest burst, in [1, 1e12]: the schedule is GCRA with
-            this capacity. ``1`` (the default) spaces calls evenly at
-            ``1/rate``. None learns it as :class:`~grpc_throttle.TokenBucket`
-            learns its own: each process starts with bursts of 2 and widens
-            them with every answer up to the rate's window (15 at 15/s), halves
-            them when a call sent in one is throttled, and every process on
-            the key together never sends more than the rate's count in any
-            window of the rate (one more window in Redis, beside ``limits``).
-            Calls below the quota then go at once; a saturated batch gains
-            nothing, and a strict server (burst 1) is throttled more while
-            every process learns (see the README's benchmarks).
+        capacity: The most tokens held (the largest burst), in [1, 1e12].
+            Defaults to 1.
         on_failure: ``"local"``, ``"allow"`` or ``"fail"`` (see above).
         local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
             the local fallback bucket gets.
@@ -151,7 +141,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
         *,
         key: str,
         rate: float,
-        capacity: float | None = 1.0,
+        capacity: float | None = None,
         on_failure: FailurePolicy = "local",
         local_share: float = 0.25,
         timeout: float = 0.05,
@@ -162,6 +152,7 @@ class RedisTokenBucket(RedisSteps, Bucket):
         clock: Callable[[], float] = time.monotonic,
         service_name: str | None = None,
     ) -> None:
+        capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
             capacity=capacity,
@@ -284,10 +275,9 @@ class RedisTokenBucket(RedisSteps, Bucket):
         older than the last reply's costs no round trip. While Redis is down
         the fallback bucket adapts instead (``on_failure="local"``).
         """
-        report = self._throttle_args(round)
-        if report is not None:
-            args, key_round = report
-            drive(self._adapt("throttle", args, key_round), self._command)
+        args = self._throttle_args(round)
+        if args is not None:
+            drive(self._adapt("throttle", args, round), self._command)
 
     def record_success(self) -> None:
         """Report an answer that was not throttled: the shared rate recovers toward ``rate``.

@@ -58,8 +58,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
             derive it from a token: key names are visible to anyone who can
             list keys.
         rate: Tokens added per second, for all processes together.
-        capacity: The largest burst (1, the default: evenly spaced), or None
-            to learn it up to the rate's window, as the sync bucket does.
+        capacity: The most tokens held (the largest burst). Defaults to 1.
         on_failure: ``"local"``, ``"allow"`` or ``"fail"``.
         local_share: The share of ``rate`` and of ``capacity`` (at least 1 token)
             the local fallback bucket gets.
@@ -94,7 +93,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         *,
         key: str,
         rate: float,
-        capacity: float | None = 1.0,
+        capacity: float | None = None,
         on_failure: FailurePolicy = "local",
         local_share: float = 0.25,
         timeout: float = 0.05,
@@ -105,6 +104,7 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         clock: Callable[[], float] = time.monotonic,
         service_name: str | None = None,
     ) -> None:
+        capacity = 1.0 if capacity is None else capacity
         settings = Settings(
             key=key,
             capacity=capacity,
@@ -226,10 +226,9 @@ class RedisTokenBucket(RedisSteps, AsyncBucket):
         at once: the update runs as a task on the running loop (dropped
         outside one). While Redis is down the fallback bucket adapts instead.
         """
-        report = self._throttle_args(round)
-        if report is not None:
-            args, key_round = report
-            self._spawn("throttle", args, key_round)
+        args = self._throttle_args(round)
+        if args is not None:
+            self._spawn("throttle", args, round)
 
     def record_success(self) -> None:
         """Report an answer that was not throttled: the shared rate recovers toward ``rate``.

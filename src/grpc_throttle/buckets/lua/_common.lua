@@ -9,8 +9,6 @@
 --   exp  when the key expires (microseconds), so that most writes skip PEXPIRE
 --   rs   the last changes of iv, 'ep,when,old,new;...' (see retime)
 --   mr   the replication ID of the master that last wrote it (see moved)
---   ls   the latest send handed out (microseconds), kept with capacity > 1:
---        a send sooner than one interval after it goes in a burst
 -- and the shared rate adaptation (_cubic.py), absent until the first change:
 --   rd   the round, bumped on every decrease (one decrease per round)
 --   wm   the recovery target (CUBIC's w_max), tokens/s
@@ -123,11 +121,11 @@ end
 -- Load the bucket at the rate in force. An effective rate set explicitly
 -- (new_eff) holds until changed: set again, or lowered by a throttle signal.
 local function load(key, now, rate, new_eff, capacity)
-  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k', 'lm', 'mr', 'mc', 'ls')
+  local st = redis.call('HMGET', key, 'tat', 'iv', 'eff', 'ep', 'exp', 'rd', 'wm', 'ld', 'k', 'lm', 'mr', 'mc')
   local s = {tat = tonumber(st[1]) or now, iv = tonumber(st[2]), eff = tonumber(st[3]), ep = tonumber(st[4]) or 0}
   s.key = key
   s.exp, s.rd, s.wm, s.ld, s.k = tonumber(st[5]), tonumber(st[6]), tonumber(st[7]), tonumber(st[8]), tonumber(st[9])
-  s.lm, s.ls = tonumber(st[10]), tonumber(st[13])
+  s.lm = tonumber(st[10])
   if new_eff then
     s.eff = new_eff
     s.rate_changed = true
@@ -149,16 +147,8 @@ end
 local function store(key, s, now, capacity)
   local needed = math.max(s.tat, now) + 2 * capacity * s.iv + 60e6
   if not (s.rate_changed or s.curve_changed or s.mr) and s.exp and s.exp >= needed then
-    if s.mc or s.ls_changed then -- INFO was read (see moved), or a send handed out
-      local fields = {'tat', fmt(s.tat)}
-      if s.mc then
-        fields[3], fields[4] = 'mc', fmt(s.mc)
-      end
-      if s.ls_changed then
-        fields[#fields + 1] = 'ls'
-        fields[#fields + 1] = fmt(s.ls)
-      end
-      redis.call('HSET', key, unpack(fields))
+    if s.mc then -- INFO was read (see moved)
+      redis.call('HSET', key, 'tat', fmt(s.tat), 'mc', fmt(s.mc))
     else
       redis.call('HSET', key, 'tat', fmt(s.tat)) -- the common case: nothing else to write
     end
@@ -196,10 +186,6 @@ local function store(key, s, now, capacity)
   if s.mc then
     fields[#fields + 1] = 'mc'
     fields[#fields + 1] = fmt(s.mc)
-  end
-  if s.ls_changed then
-    fields[#fields + 1] = 'ls'
-    fields[#fields + 1] = fmt(s.ls)
   end
   local exp = nil
   if not s.exp or s.exp < needed then

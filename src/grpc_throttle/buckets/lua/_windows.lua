@@ -1,5 +1,5 @@
 -- Prepended, after _common.lua, to the scripts that take limits= (reserve,
--- due, cancel, state, hold).
+-- due, cancel, state, hold, count).
 --
 -- The quota windows of limits= (see _redis_windows.py, their Python twin):
 -- per limit, the tokens sent per sub-window of seconds / SUBWINDOWS, as one

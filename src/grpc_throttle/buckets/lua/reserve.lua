@@ -9,15 +9,10 @@
 -- ARGV[7]  "not before": microseconds from now before which the caller must not
 --          be served (its own fallback slots run until then), or absent ('')
 -- ARGV[8]  the limits ('count:microseconds;...'), or absent; KEYS[2] their counts
--- ARGV[9]  with limits: sends made while Redis was unreachable (the fallback's),
---          'microseconds ago:tokens;...' (negative: still to come), counted in
---          the windows before this send, granted or not, or absent
 -- The common call sends only ARGV[1] and ARGV[2]: every argument costs the
 -- client more than the script.
--- Returns "granted wait start iv ep start-now [rd [since k wm]]" (granted is 0
--- for no, 1 for a send evenly spaced, 2 for one in a burst: sooner than one
--- interval after the key's latest send, known with capacity > 1; times in
--- microseconds; the adaptation state once the key has one):
+-- Returns "granted wait start iv ep start-now [rd [since k wm]]" (granted is 1
+-- or 0; times in microseconds; the adaptation state once the key has one):
 -- one string is the cheapest reply to send and to parse. A denied reservation
 -- leaves the schedule unchanged.
 local key = KEYS[1]
@@ -32,14 +27,9 @@ if not_before then -- due one interval after it at the earliest (due = end - cap
 end
 local new_tat = start + tokens * s.iv
 local wait = new_tat - capacity * s.iv - now
-local ws, at, late = nil, 0, nil
+local ws, at = nil, 0
 if ARGV[8] then -- the send, and any leased after it, must fit every window
   ws = windows_load(KEYS[2], ARGV[8], now, windows_scale(s, rate)) -- a cut scales the counts
-  for ago, c in string.gmatch(ARGV[9] or '', '([^:;]+):([^;]+)') do
-    local t = now - tonumber(ago)
-    windows_add(ws, t, tonumber(c))
-    late = math.max(late or t, t)
-  end
   local t = now + math.max(wait, 0)
   at = windows_earliest(ws, t, tokens + extra)
   if at > t then -- later than the rate allows: sent at `at`, from the bucket as it is then
@@ -65,23 +55,10 @@ if granted == 1 then
       last = math.max(s.tat - capacity * s.iv, at)
       windows_add(ws, last, extra)
     end
-    windows_store(KEYS[2], ws, now, math.max(last, late or last))
-  end
-  if capacity > 1 then -- a burst: sooner than one interval after the key's latest send
-    local send = now + wait
-    if s.ls and send < s.ls + tokens * s.iv - EPS then
-      granted = 2
-    end
-    local last = math.max(s.tat - capacity * s.iv, send) -- the leased slots come last
-    if not s.ls or last > s.ls then
-      s.ls, s.ls_changed = last, true
-    end
+    windows_store(KEYS[2], ws, now, last)
   end
 end
-if granted == 0 and late then -- refused, but the late sends are counted all the same
-  windows_store(KEYS[2], ws, now, late)
-end
-if granted ~= 0 or s.rate_changed or s.curve_changed or s.mr then
+if granted == 1 or s.rate_changed or s.curve_changed or s.mr then
   store(key, s, now, capacity)
 end
 local reply = granted .. ' ' .. wait .. ' ' .. fmt(start) .. ' ' .. s.iv .. ' ' .. s.ep .. ' ' .. (start - now)
