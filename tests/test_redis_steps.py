@@ -179,3 +179,22 @@ def test_back_from_an_outage_the_fallbacks_sends_are_counted_on_redis_clock(driv
     # The fallback's send went at once, 2 s before the reply (Redis time 1 s): 2 s earlier on Redis's clock.
     assert count.args == [bucket._limits_arg, f"{1e6 - 2e6!r}:1.0"]
     assert driver(bucket._reserve(1, math.inf), Redis(GRANTED)) is not None  # reported once
+
+
+def test_fallback_sends_redis_did_not_count_are_kept_for_the_next_reservation_back(driver: Driver) -> None:
+    clock = VirtualClock()
+    bucket = RedisTokenBucket(
+        redis.Redis(port=1), key="steps", rate=10, limits=[Limit(40, 60)], cooldown=1, clock=clock
+    )
+    sent = clock()
+    driver(bucket._reserve(1, math.inf), Redis(redis.exceptions.ConnectionError("down")))
+    clock.advance(2)
+    lost = Redis(GRANTED, redis.exceptions.ConnectionError("down again"))  # reserve answered, count did not
+    assert isinstance(driver(bucket._reserve(1, math.inf), lost), RedisReservation)
+    assert bucket._handoff.unreported == [[sent, 1.0]]  # kept
+    clock.advance(2)  # past the cooldown the count opened
+    server = Redis(GRANTED, 1)
+    driver(bucket._reserve(1, math.inf), server)
+    count = server.commands[1]
+    assert isinstance(count, Eval) and count.args == [bucket._limits_arg, f"{1e6 - 4e6!r}:1.0"]
+    assert bucket._handoff.unreported == []

@@ -125,22 +125,35 @@ class Handoff:
             self._remember(reservation.ready_at, reservation.tokens)
         return reservation
 
-    def take_unreported(self, now: float) -> list[tuple[float, float]]:
-        """The fallback's sends still inside the longest window at ``now``, as ``(when, tokens)``, once."""
+    def take_unreported(self, now: float) -> list[list[float]]:
+        """The fallback's sends still inside the longest window at ``now``, as ``[when, tokens]``.
+
+        Taken: :meth:`restore` them if Redis did not count them.
+        """
         with self.lock:
             sends, self.unreported = self.unreported, []
-        return [(when, tokens) for when, tokens in sends if when > now - self._longest]
+        return [send for send in sends if send[0] > now - self._longest]
+
+    def restore(self, sends: list[list[float]]) -> None:
+        """Keep ``sends`` (from :meth:`take_unreported`) for the next try, before any newer ones."""
+        with self.lock:
+            self.unreported = sends + self.unreported
+            self._trim()
 
     def _remember(self, when: float, tokens: float) -> None:
         """Keep a send for Redis's windows (with limits only); a cancelled one is kept too (over-counted)."""
         if not self._longest:
             return
         with self.lock:
-            sends = self.unreported
-            if len(sends) >= MAX_UNREPORTED:
-                sends[1] = [max(sends[0][0], sends[1][0]), sends[0][1] + sends[1][1]]
-                del sends[0]
-            sends.append([when, tokens])
+            self.unreported.append([when, tokens])
+            self._trim()
+
+    def _trim(self) -> None:
+        """Past MAX_UNREPORTED, merge the oldest send into the next, counted as if sent later (lock held)."""
+        sends = self.unreported
+        while len(sends) > MAX_UNREPORTED:
+            sends[1] = [max(sends[0][0], sends[1][0]), sends[0][1] + sends[1][1]]
+            del sends[0]
 
     def available(self, capacity: float) -> float:
         """Tokens available while Redis is down: the fallback's, or ``capacity`` under ``"allow"``."""

@@ -130,7 +130,8 @@ class RedisSteps(RedisBucketBase):
         sends = self._handoff.take_unreported(self._clock())
         if sends:
             pairs = ";".join(f"{redis_now + (when - received) * 1e6!r}:{tokens!r}" for when, tokens in sends)
-            yield from self._run_quietly("count", [self._limits_arg, pairs], self._windows_keys)
+            if (yield from self._run_quietly("count", [self._limits_arg, pairs], self._windows_keys)) is None:
+                self._handoff.restore(sends)  # not counted: the next reservation back tries again
 
     def _available(self) -> Step[float]:
         args = [self._rate_arg, self._capacity_arg]

@@ -131,9 +131,8 @@ class Ring:
             del self.index[0], self.tokens[0]
 
 
-def earliest(rings: Sequence[Ring], t: float, tokens: float, hold: float = -math.inf) -> float:
-    """The earliest time >= ``t`` (microseconds), and not before ``hold``, at which ``tokens`` fit every ring."""
-    t = max(t, hold)
+def earliest(rings: Sequence[Ring], t: float, tokens: float) -> float:
+    """The earliest time >= ``t`` (microseconds) at which ``tokens`` fit every ring."""
     while True:
         moved = t
         for ring in rings:
